@@ -1,0 +1,53 @@
+# iot2ml: two commands.  `make demo` runs the main job, `make test` runs every test.
+# Both create .venv and install the pinned versions from requirements.lock first; both are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
+UV_VERSION := 0.13.9
+export PATH := $(BIN):$(PATH)
+export PYTHONHASHSEED := 0
+# Demo size (override: make demo PUMPS=500 DAYS=30)
+PUMPS ?= 50
+DAYS ?= 30
+
+.PHONY: install demo test nbs-check nbdev-test pytest bench lab clean help
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 (Debian: apt-get install python3 python3-venv)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "could not create .venv: on Debian run 'apt-get install python3-venv' as root"; exit 1; }
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP)  ## create .venv with the locked versions
+
+demo: install  ## simulate a fleet, land it in the lake, dvc repro, print metrics and the report path
+	$(BIN)/iot2ml demo --pumps $(PUMPS) --days $(DAYS)
+
+test: install nbs-check nbdev-test pytest  ## every test: notebooks in sync, nbdev-test, pytest
+
+nbs-check: install  ## fail if nbdev-export or nbdev-clean would change anything
+	bash scripts/check-nbs-sync.sh
+
+nbdev-test: install  ## run every notebook (library and workflow) as a test
+	$(BIN)/nbdev-test --n-workers 2
+
+pytest: install  ## the pytest suite
+	$(BIN)/pytest -q
+
+bench: install  ## all benchmarks; figures go to BENCHMARKS.md by hand
+	for b in bench/bench_*.py; do $(BIN)/python $$b; done
+
+lab: install  ## open JupyterLab on the notebooks
+	$(BIN)/jupyter lab nbs
+
+lock:  ## re-resolve requirements.lock after changing dependencies in pyproject.toml
+	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+clean:  ## remove build outputs and operational state (not the lake)
+	rm -rf build state
