@@ -1,0 +1,40 @@
+import os, shutil, subprocess, sys
+from pathlib import Path
+import pytest, yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+def run(cmd, cwd, check=True, env=None, timeout=600):
+    "Run `cmd` with the project's venv first on PATH; return the CompletedProcess (output in .stdout)."
+    e = os.environ | {'PATH': f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"} | (env or {})
+    r = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout, shell=isinstance(cmd, str))
+    if check and r.returncode:
+        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+    return r
+
+TINY_TOML = """data_dir = "data"
+[simulate]
+pumps = 8
+days = 20
+freq = "5min"
+seed = 7
+fault_rate = 4.0
+"""
+
+@pytest.fixture(scope='session')
+def tiny_project(tmp_path_factory):
+    "A copy of the project's pipeline files in a fresh git + DVC repo, with a small simulated fleet landed."
+    d = tmp_path_factory.mktemp('proj')
+    shutil.copy(ROOT/'dvc.yaml', d/'dvc.yaml')
+    params = yaml.safe_load((ROOT/'params.yaml').read_text()); params['train']['max_iter'] = 60   # small and quick
+    (d/'params.yaml').write_text(yaml.safe_dump(params))
+    shutil.copytree(ROOT/'nbs'/'workflows', d/'nbs'/'workflows')
+    shutil.copytree(ROOT/'iot2ml', d/'iot2ml', ignore=shutil.ignore_patterns('__pycache__'))
+    (d/'iot2ml.toml').write_text(TINY_TOML)
+    (d/'.gitignore').write_text('/build\n/data\n__pycache__/\n')
+    run('git init -q && git config user.email t@t && git config user.name t && dvc init -q && dvc config core.analytics false', d)
+    run([str(BIN/'iot2ml'), 'simulate', '--quiet'], d)
+    run([str(BIN/'iot2ml'), 'snapshot'], d)
+    run('git add -A && git commit -qm init', d)
+    return d

@@ -1,0 +1,61 @@
+"The iot2ml command: every command documented with an example, plain errors, and the commands doing their job."
+import json
+import pytest
+from click.testing import CliRunner
+from iot2ml.cli import cli
+
+def commands(group=cli, prefix=()):
+    for name, c in group.commands.items():
+        yield prefix + (name,), c
+        if hasattr(c, 'commands'): yield from commands(c, prefix + (name,))
+
+@pytest.mark.parametrize('path', [p for p, _ in commands()], ids=lambda p: ' '.join(p))
+def test_every_command_has_help_with_an_example(path):
+    r = CliRunner().invoke(cli, [*path, '--help'])
+    assert r.exit_code == 0, r.output
+    assert 'Example' in r.output and 'iot2ml ' + path[0] in r.output
+
+def test_top_level_help_and_version():
+    r = CliRunner().invoke(cli, ['--help'])
+    assert r.exit_code == 0 and 'Examples:' in r.output and 'simulate' in r.output
+    assert CliRunner().invoke(cli, ['--version']).output.startswith('iot2ml, version ')
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path/'iot2ml.toml').write_text('[simulate]\npumps = 3\ndays = 2\nfreq = "10min"\nseed = 1\n')
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+def test_simulate_catalog_sql(project):
+    r = CliRunner().invoke(cli, ['simulate', '--quiet'])
+    assert r.exit_code == 0, r.output
+    assert 'Landed ' in r.output and (project/'data/lake/processed/telemetry').is_dir()
+    r = CliRunner().invoke(cli, ['lake', 'catalog', '--json'])
+    cat = {(e['tier'], e['name']): e for e in json.loads(r.output)}
+    assert cat[('processed', 'telemetry')]['rows'] > 3 * 2 * 144 * 6
+    r = CliRunner().invoke(cli, ['sql', "SELECT count(DISTINCT device_id) AS n FROM telemetry", '--format', 'json'])
+    assert json.loads(r.output) == [{'n': 3}]
+    # the same fleet again: nothing new is stored
+    rows = cat[('raw', 'telemetry')]['rows']
+    assert CliRunner().invoke(cli, ['simulate', '--quiet']).exit_code == 0
+    cat2 = {(e['tier'], e['name']): e for e in json.loads(CliRunner().invoke(cli, ['lake', 'catalog', '--json']).output)}
+    assert cat2[('raw', 'telemetry')]['rows'] == rows
+
+def test_another_fleet_needs_replace(project):
+    assert CliRunner().invoke(cli, ['simulate', '--quiet']).exit_code == 0
+    r = CliRunner().invoke(cli, ['simulate', '--quiet', '--seed', '2'])
+    assert r.exit_code == 1 and 'holds another simulated fleet' in r.output and '--replace' in r.output
+    assert CliRunner().invoke(cli, ['simulate', '--quiet', '--seed', '2', '--replace']).exit_code == 0
+
+def test_errors_are_one_plain_line(project):
+    (project/'iot2ml.toml').write_text('[simulate]\npumsp = 3\n')
+    r = CliRunner().invoke(cli, ['lake', 'catalog'])
+    assert r.exit_code == 1
+    assert r.output.strip() == "Error: unknown key 'simulate.pumsp' in " + str(project/'iot2ml.toml') + "; did you mean 'simulate.pumps'?"
+    (project/'iot2ml.toml').write_text('')
+    r = CliRunner().invoke(cli, ['sql', 'DELETE FROM telemetry'])
+    assert r.exit_code == 1 and 'read-only' in r.output and 'Traceback' not in r.output
+    r = CliRunner().invoke(cli, ['metrics', '--file', 'nope.json'])
+    assert r.exit_code == 1 and 'run `dvc repro`' in r.output
+    r = CliRunner().invoke(cli, ['simulate', '--pumps', '0'])
+    assert r.exit_code == 2 and "--pumps" in r.output

@@ -1,0 +1,57 @@
+"The DVC pipeline end to end on a small fleet: dvc repro, no-op reruns, params that rerun only their stages, dvc exp run."
+import json, re
+import pandas as pd, pytest, yaml
+from conftest import run, BIN
+
+pytestmark = pytest.mark.slow
+
+def ran(out:str) -> list[str]: return re.findall(r"Running stage '(\w+)'", out)
+
+def test_repro_end_to_end(tiny_project):
+    d = tiny_project
+    out = run('dvc repro', d).stdout
+    assert ran(out) == ['prepare', 'features', 'train', 'evaluate', 'report']
+    m = json.loads((d/'build/metrics/metrics.json').read_text())
+    for k in ('precision', 'recall', 'f1', 'pr_auc', 'caught', 'mean_lead_hours'):
+        assert k in m['model'] and k in m['baseline']
+    assert m['model']['failures'] >= 1
+    html = (d/'build/report/report.html').read_text()
+    assert html.count('src="data:image/png;base64,') == 3 and 'http://' not in html and 'https://' not in html
+    for f in ('pr_curve.csv', 'confusion.csv', 'risk_timeline.csv', 'pr_curve.png'):
+        assert (d/'build/plots'/f).stat().st_size > 0
+    for s in ('prepare', 'features', 'train', 'evaluate', 'report'):          # executed notebooks kept
+        nb = json.loads((d/f'build/notebooks/{s}.ipynb').read_text())
+        assert any('injected-parameters' in c['metadata'].get('tags', []) for c in nb['cells'])
+    # papermill's parameters took effect: the stage wrote where dvc.yaml told it to
+    assert (d/'build/prepared/intervals.parquet').exists() and (d/'build/model/model.joblib').exists()
+    # the plots DVC can show
+    assert 'pr_curve' in run('dvc plots show --json', d).stdout
+
+    # nothing changed: nothing reruns
+    assert ran(run('dvc repro', d).stdout) == []
+
+    # a param of one stage reruns that stage and what depends on it, nothing before it
+    p = yaml.safe_load((d/'params.yaml').read_text()); p['train']['max_iter'] = 40
+    (d/'params.yaml').write_text(yaml.safe_dump(p))
+    assert ran(run('dvc repro', d).stdout) == ['train', 'evaluate', 'report']
+    assert json.loads((d/'build/model/model.json').read_text())['params']['max_iter'] == 40
+    p['report']['title'] = 'Another title'; (d/'params.yaml').write_text(yaml.safe_dump(p))
+    assert ran(run('dvc repro', d).stdout) == ['report']
+    assert 'Another title' in (d/'build/report/report.html').read_text()
+
+def test_exp_run_set_param(tiny_project):
+    d = tiny_project
+    run('dvc repro && git add -A && git commit -qm repro', d)
+    out = run('dvc exp run -S train.learning_rate=0.2', d).stdout
+    assert 'train' in ran(out) and 'prepare' not in ran(out)
+    assert json.loads((d/'build/model/model.json').read_text())['params']['learning_rate'] == 0.2
+    show = run('dvc exp show --json', d).stdout
+    assert '0.2' in show
+
+def test_bad_param_fails_with_a_clear_message(tiny_project, tmp_path):
+    d = tiny_project
+    bad = tmp_path/'params.yaml'; bad.write_text('train:\n  learnig_rate: 0.1\n')
+    r = run([str(BIN/'papermill'), 'nbs/workflows/train.ipynb', str(tmp_path/'out.ipynb'), '-p', 'features_dir', 'build/features',
+             '-p', 'out_dir', str(tmp_path/'m'), '-p', 'params_file', str(bad)], d, check=False)
+    assert r.returncode != 0
+    assert "unknown key 'train.learnig_rate'" in r.stdout + r.stderr and "did you mean 'train.learning_rate'" in r.stdout + r.stderr
