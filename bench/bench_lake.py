@@ -59,8 +59,8 @@ def query_bench(runs:int, pumps:int, days:float) -> dict:
         landed = simulate_to_lake(FleetSpec(pumps=pumps, days=days, seed=5), lake, progress=True)
         res = {}
         for variant in ('lake', 'pandas'):
-            rs = [json.loads(subprocess.run([sys.executable, '-c', QUERY, variant, str(lake.root)], capture_output=True, text=True, check=True).stdout)
-                  for _ in range(runs)]
+            rs = [json.loads(subprocess.run([sys.executable, '-c', QUERY, variant, str(lake.root)], capture_output=True, text=True,
+                                            check=True).stdout.strip().splitlines()[-1]) for _ in range(runs)]
             res[variant] = dict(seconds=statistics.median(r['seconds'] for r in rs), peak_rss_gib=max(r['peak_rss_gib'] for r in rs),
                                 query_gib=max(r['query_gib'] for r in rs), rows=rs[0]['rows'])
         assert res['lake']['rows'] == res['pandas']['rows'], res

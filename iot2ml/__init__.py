@@ -1,1 +1,10 @@
+"""A Jupyter-first workbench from IoT sensor telemetry to machine-learning models on the live stream.
+
+Modules:
+
+- `iot2ml.api`: The HTTP face of iot2ml: a FastAPI app served by uvicorn (`iot2ml serve`).
+- `iot2ml.mqtt`: The MQTT face of iot2ml: `iot2ml mqtt` subscribes to a broker and stores what devices publish.
+- `iot2ml.service`: The ingestion service core shared by the HTTP API and the MQTT ingester.
+- `iot2ml.spool`: A write-ahead spool in front of the lake: readings are acknowledged once fsynced, landed as Parquet in batches."""
+
 __version__ = "0.1.0"

@@ -1,0 +1,159 @@
+"""The HTTP face of iot2ml: a FastAPI app served by uvicorn (`iot2ml serve`).
+
+Hand-written (a server: routes, limits and error mapping read better as one file). It calls the same
+`Service` as the MQTT ingester, so every path validates, routes and stores readings alike.
+
+Endpoints: `POST /v1/readings` (JSON, NDJSON or CSV; one reading or a batch; long or wide), latest state
+(`GET /v1/devices/{id}/latest`, `GET /v1/latest`), `GET /healthz` (no token), `GET /metrics` (Prometheus text)
+and the OpenAPI docs at `/docs`. Everything but the health check needs `Authorization: Bearer <token>`.
+"""
+from __future__ import annotations
+import asyncio, time
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from .config import Settings, load_settings
+from .parse import ParseError, parse_body
+from .registry import AuthError, Registry, authenticate
+from .service import RateLimited, Service
+from .spool import SpoolFull
+
+__all__ = ['create_app']
+
+def _error(status:int, message:str, headers:dict|None=None) -> JSONResponse:
+    return JSONResponse({'error': message}, status_code=status, headers=headers)
+
+def create_app(settings:Settings|None=None, service:Service|None=None) -> FastAPI:
+    "The FastAPI app; `service` is built from `settings` (and started/stopped with the app) unless given."
+    settings = settings or load_settings()
+    own = service is None
+    svc = service or Service(settings)
+    if svc.registry is None: svc.registry = Registry.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if own: svc.start()
+        yield
+        if own: await asyncio.to_thread(svc.close)
+
+    app = FastAPI(title='iot2ml', version=__import__('iot2ml').__version__, lifespan=lifespan,
+                  description='Telemetry ingestion, latest state and metrics. Send `Authorization: Bearer <token>`.')
+    app.state.service = svc
+    lim = settings.ingest
+
+    async def principal(request:Request):
+        "The caller, from the bearer token (401/403 with a message otherwise)."
+        h = request.headers.get('authorization', '')
+        token = h[7:].strip() if h.lower().startswith('bearer ') else None
+        try: return authenticate(svc.registry, token)
+        except AuthError as e: raise HTTPException(e.status, e.message) from None
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc:HTTPException):
+        svc.count(exc.status_code)
+        return _error(exc.status_code, exc.detail, getattr(exc, 'headers', None))
+
+    @app.post('/v1/readings', summary='Send readings', responses={
+        200: {'description': 'accepted count and, per rejected record, its index and the reason'},
+        400: {'description': 'the body cannot be parsed'}, 401: {'description': 'no or unknown token'},
+        403: {'description': 'revoked token'}, 413: {'description': 'body or batch too large'},
+        415: {'description': 'unsupported content type'}, 422: {'description': 'every record was rejected'},
+        429: {'description': 'rate limit; see Retry-After'}, 503: {'description': 'spool full; see Retry-After'}})
+    async def post_readings(request:Request, who=Depends(principal)):
+        """One reading or a batch, long (`sensor`, `value`) or wide (a key per sensor), as JSON
+        (object, array, or `{"readings": [...]}`), NDJSON or CSV. Valid records are stored even when others are rejected."""
+        body = b''
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > lim.max_body_bytes:
+                raise HTTPException(413, f"the body is larger than {lim.max_body_bytes:,} bytes; split it into smaller batches")
+        ct = request.headers.get('content-type', 'application/json')
+        try: parsed = parse_body(body, ct)
+        except ParseError as e:
+            raise HTTPException(415 if 'content type' in str(e) else 400, str(e)) from None
+        if parsed.records > lim.max_batch:
+            raise HTTPException(413, f"the batch has {parsed.records:,} records, more than {lim.max_batch:,}; split it")
+        try: svc.limiter.take(who.subject, max(len(parsed.frame), 1))
+        except RateLimited as e: raise HTTPException(429, str(e), headers={'Retry-After': str(max(1, round(e.retry_after)))}) from None
+        forbidden = None if who.role == 'admin' else (lambda d: None if who.may_write(d) else f"token for {who.subject} may not write readings of {d}; use that device's own token")
+        tables, outcome = svc.route(parsed, source=f"http:{who.subject}", topic='http', forbidden=forbidden,
+                                    records=lambda: _records_for_deadletter(body, ct))   # parsed again only if a record is rejected
+        try: await asyncio.wrap_future(svc.store(tables, outcome))
+        except SpoolFull as e:
+            raise HTTPException(503, f"the ingestion buffer is full; retry after {e.retry_after:.1f} s",
+                                headers={'Retry-After': str(max(1, round(e.retry_after)))}) from None
+        status = 200 if outcome.accepted or not outcome.records else 422
+        svc.count(status)
+        return JSONResponse(outcome.as_dict(), status_code=status)
+
+    @app.get('/v1/devices/{device_id}/latest', summary='Latest values of one device')
+    async def device_latest(device_id:str, who=Depends(principal)):
+        "Newest value per sensor by event time, when the device was last heard from, and whether it is online."
+        d = await asyncio.to_thread(svc.state.device, device_id)
+        if d is None: raise HTTPException(404, f"no readings from device {device_id!r} yet; check the id (iot2ml devices list)")
+        return d
+
+    @app.get('/v1/latest', summary='Latest values of many devices')
+    async def latest(sensor:str|None=Query(None, description='only this sensor'),
+                     site:str|None=Query(None, description="only the devices of this site (from the registry)"), who=Depends(principal)):
+        "Newest value per device and sensor, optionally one sensor and one site."
+        devices = None if site is None else [d for d, info in svc.device_info().items() if info[1] == site]
+        df = await asyncio.to_thread(svc.state.latest, devices, sensor)
+        return Response(orjson.dumps(df.to_dict(orient='records'), default=str), media_type='application/json')
+
+    @app.get('/healthz', summary='Health check (no token)')
+    async def healthz():
+        "200 when the service accepts readings."
+        st = svc.writer.stats
+        return {'status': 'ok', 'uptime_s': round(time.time() - svc.started, 1), 'spool_depth_rows': st['depth_rows']}
+
+    @app.get('/metrics', summary='Prometheus metrics', response_class=PlainTextResponse)
+    async def metrics(who=Depends(principal)):
+        "Counters and gauges in the Prometheus text format."
+        return PlainTextResponse(prometheus_text(svc), media_type='text/plain; version=0.0.4')
+
+    return app
+
+def _records_for_deadletter(body:bytes, ct:str):
+    "The sender's records, so a dead letter holds what was sent (JSON and NDJSON; CSV rows are stored parsed)."
+    try:
+        if ct.startswith('application/json'):
+            obj = orjson.loads(body)
+            return obj['readings'] if isinstance(obj, dict) and isinstance(obj.get('readings'), list) else obj if isinstance(obj, list) else [obj]
+        if 'ndjson' in ct or 'jsonl' in ct:
+            out = []
+            for l in body.splitlines():
+                if not l.strip(): continue
+                try: out.append(orjson.loads(l))
+                except orjson.JSONDecodeError: out.append(l.decode('utf-8', 'replace'))
+            return out
+    except orjson.JSONDecodeError: return None
+    return None
+
+def prometheus_text(svc:Service) -> str:
+    "The service's metrics in the Prometheus text exposition format."
+    c, w = svc.counters, svc.writer.stats
+    lines = []
+    def metric(name, kind, help, samples):
+        lines.append(f"# HELP iot2ml_{name} {help}"); lines.append(f"# TYPE iot2ml_{name} {kind}")
+        for labels, v in samples:
+            lab = '{' + ','.join(f'{k}="{x}"' for k, x in labels.items()) + '}' if labels else ''
+            lines.append(f"iot2ml_{name}{lab} {v}")
+    metric('records_received_total', 'counter', 'Records received (HTTP and MQTT).', [({}, c.received)])
+    metric('records_accepted_total', 'counter', 'Records accepted and durable.', [({}, c.accepted)])
+    metric('readings_accepted_total', 'counter', 'Readings accepted and durable.', [({}, c.readings)])
+    metric('records_rejected_total', 'counter', 'Records rejected, by field and reason.',
+           [({'reason': k}, v) for k, v in sorted(svc.deadletters.by_reason.items())] or [({'reason': 'none'}, 0)])
+    metric('responses_total', 'counter', 'HTTP responses by status.', [({'status': str(k)}, v) for k, v in sorted(c.by_status.items())])
+    metric('spool_depth_rows', 'gauge', 'Readings acknowledged and not yet in the lake.', [({}, w['depth_rows'])])
+    metric('spool_depth_bytes', 'gauge', 'Bytes acknowledged and not yet in the lake.', [({}, w['depth_bytes'])])
+    metric('flushes_total', 'counter', 'Batches landed in the lake.', [({}, w['flushes'])])
+    metric('flush_seconds', 'gauge', 'Duration of the last landing.', [({}, w['last_flush_seconds'] or 0)])
+    metric('flush_lag_seconds', 'gauge', 'Age of the oldest reading of the last landing when it landed.', [({}, w['last_flush_lag'] or 0)])
+    metric('fsyncs_total', 'counter', 'fsyncs of the spool (group commits).', [({}, w['fsyncs'])])
+    metric('spool_full_total', 'counter', 'Appends refused by backpressure.', [({}, w['spool_full'])])
+    metric('latest_state_dropped_total', 'counter', 'Batches the latest-state updater could not apply.', [({}, svc.updater.errors)])
+    return '\n'.join(lines) + '\n'

@@ -1,0 +1,128 @@
+"""The ingestion service core shared by the HTTP API and the MQTT ingester.
+
+A hand-written module (wiring of long-lived parts, not a notebook's worth of lessons): it builds, from the
+settings, the lake, the write-ahead spool and lake writer, the latest-state store and its updater, the
+dead-letter store, the ingestor (validation, routes, transforms) and the per-credential rate limiter, and it
+keeps the counters that `/metrics` exposes. Every face calls `Service.ingest`, so HTTP, MQTT and file imports
+validate, route and store readings the same way.
+"""
+from __future__ import annotations
+import concurrent.futures, math, threading, time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd, pyarrow as pa
+
+from .config import Settings, load_settings
+from .ingest import DeadLetters, Ingestor, Outcome, Route
+from .lake import Lake
+from .parse import Parsed
+from .spool import SpooledWriter, SpoolFull
+from .state import LatestState, StateUpdater
+
+__all__ = ['Service', 'RateLimited', 'TokenBucket']
+
+class RateLimited(RuntimeError):
+    "A credential sent more readings than its rate allows; retry after `retry_after` seconds."
+    def __init__(self, retry_after:float):
+        self.retry_after = retry_after
+        super().__init__(f"rate limit exceeded; retry after {retry_after:.1f} s or send fewer readings per second")
+
+class TokenBucket:
+    "Per-key token buckets: `rate` readings per second with bursts up to `burst`."
+    def __init__(self, rate:float, burst:float):
+        self.rate, self.burst, self._b, self._lock = rate, burst, {}, threading.Lock()
+
+    def take(self, key:str, n:int) -> None:
+        "Take `n` tokens for `key` or raise `RateLimited`."
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._b.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if n > tokens and not (tokens >= self.burst and n > self.burst):   # a batch bigger than the burst passes when full
+                self._b[key] = (tokens, now)
+                raise RateLimited(max(0.1, math.ceil((n - tokens) / self.rate * 10) / 10))
+            self._b[key] = (tokens - n, now)
+
+@dataclass
+class Counters:
+    received: int = 0            # records received
+    accepted: int = 0            # records accepted (durable in the spool)
+    readings: int = 0            # readings accepted
+    requests: int = 0
+    rejected_bodies: int = 0     # bodies refused whole (parse error, too large, rate limit, spool full, auth)
+    by_status: dict = field(default_factory=dict)
+
+class Service:
+    "Lake, spool writer, latest state, dead letters and ingestor, built from the settings."
+    def __init__(self, settings:Settings|None=None, writer_id:str|None=None, hooks:dict[str, Callable[[pa.Table], None]]|None=None):
+        s = self.settings = settings or load_settings()
+        ing = s.ingest; state_dir = s.path('state_dir')
+        self.lake = Lake.from_settings(s)
+        self.state = LatestState(state_dir/'latest.sqlite', stale_after=ing.stale_after, bucket=ing.bucket, window=ing.window)
+        self.updater = StateUpdater(self.state)
+        self.deadletters = DeadLetters(state_dir/'deadletter')
+        self.hooks = dict(hooks or {})
+        routes = [Route(**r.model_dump()) for r in ing.routes]
+        self.ingestor = Ingestor(routes, ing.default_to, self.deadletters, device_types=self._device_types)
+        wid = writer_id or ing.writer_id
+        self.writer = SpooledWriter(self.lake, state_dir/'spool'/wid, writer_id=wid, flush_rows=ing.flush_rows,
+                                    flush_bytes=ing.flush_bytes, flush_seconds=ing.flush_seconds, max_bytes=ing.max_spool_bytes,
+                                    on_flush=self._on_flush)
+        self.limiter = TokenBucket(ing.rate_limit, ing.rate_burst)
+        self.counters = Counters(); self._lock = threading.Lock()
+        self.flush_latency: list[float] = []; self.last_landed_ts: pd.Timestamp|None = None
+        self._info = None
+        self.registry = None   # set by the faces that authenticate (HTTP); None means trust the transport (MQTT ACLs)
+        self.started = time.time()
+
+    def device_info(self) -> dict[str, tuple]:
+        "device_id -> (type, site) from the registry, refreshed at most every 5 s."
+        now = time.monotonic()
+        if self.registry is None: return {}
+        if self._info is None or self._info[0] < now:
+            self._info = (now + 5, {d.device_id: (d.type, d.site) for d in self.registry.devices(include_revoked=False)})
+        return self._info[1]
+
+    def _device_types(self) -> dict:
+        return {d: t for d, (t, _) in self.device_info().items()}
+
+    def start(self) -> 'Service':
+        "Replay the spool into the lake and start the writer."
+        self.writer.start(); return self
+
+    def close(self) -> None:
+        "Land everything accepted, stop the threads."
+        self.writer.close(); self.updater.close()
+
+    def _on_flush(self, info:dict) -> None:
+        with self._lock:
+            self.flush_latency.append(info.get('seconds') or 0.0); self.flush_latency = self.flush_latency[-100:]
+
+    def count(self, status:int) -> None:
+        "Count a response status (for /metrics)."
+        with self._lock: self.counters.by_status[status] = self.counters.by_status.get(status, 0) + 1
+
+    def route(self, parsed:Parsed, source:str, topic:str='http', forbidden=None, records=None, now=None) -> tuple[dict, Outcome]:
+        "Validate and route `parsed`; rejected records are dead-lettered. Nothing is stored yet."
+        tables, outcome = self.ingestor.process(parsed, source=source, topic=topic, forbidden=forbidden, records=records, now=now)
+        with self._lock: self.counters.received += outcome.records; self.counters.requests += 1
+        return tables, outcome
+
+    def store(self, tables:dict, outcome:Outcome) -> concurrent.futures.Future:
+        """Durably store routed readings. The future resolves once the lake part is fsynced in the spool; then latest
+        state and the hooks get their parts. Raises `SpoolFull` (nothing stored) under backpressure."""
+        lake, latest = tables.get('lake'), tables.get('latest')
+        def done(f=None):
+            if f is not None and f.exception() is not None: return
+            if latest is not None and latest.num_rows: self.updater.put(latest)
+            for name, fn in self.hooks.items():
+                if name in tables: fn(tables[name])
+            with self._lock:
+                self.counters.accepted += outcome.accepted; self.counters.readings += lake.num_rows if lake is not None else 0
+        if lake is None or not lake.num_rows:
+            fut = concurrent.futures.Future(); fut.set_result(0); done(); return fut
+        fut = self.writer.append(lake)
+        fut.add_done_callback(done)
+        return fut

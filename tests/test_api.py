@@ -1,0 +1,204 @@
+"The HTTP service as a real uvicorn process on loopback: formats, partial acceptance, limits, auth, latest state, crash safety."
+import json, os, signal, socket, subprocess, sys, threading, time
+from pathlib import Path
+import httpx, numpy as np, pandas as pd, pytest
+from conftest import BIN
+from iot2ml.lake import Lake
+from iot2ml.registry import Registry
+
+def free_port() -> int:
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+CONFIG = """[ingest]
+flush_seconds = 0.3
+max_body_bytes = 262144
+max_batch = 2000
+rate_limit = 1000
+rate_burst = 2000
+port = {port}
+"""
+
+class Server:
+    def __init__(self, root:Path):
+        self.root, self.port = root, free_port()
+        (root/'iot2ml.toml').write_text(CONFIG.format(port=self.port))
+        self.url = f"http://127.0.0.1:{self.port}"; self.proc = None
+    def start(self):
+        self.log = open(self.root/'serve.log', 'ab')
+        self.proc = subprocess.Popen([str(BIN/'iot2ml'), 'serve'], cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT)
+        for _ in range(200):
+            try:
+                if httpx.get(self.url + '/healthz', timeout=0.5).status_code == 200: return self
+            except httpx.HTTPError: pass
+            time.sleep(0.05)
+        raise AssertionError(f"server did not start: {(self.root/'serve.log').read_text()[-2000:]}")
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig); self.proc.wait(30)
+        self.log.close()
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path)
+    reg = Registry(tmp_path/'state'/'registry.sqlite')
+    s.tokens = {d: reg.add(d, type='pump', site='north' if d != 'pump-0003' else 'south').token for d in ('pump-0001', 'pump-0002', 'pump-0003')}
+    s.tokens['gw'] = reg.add('gw-1', kind='gateway').token
+    reg.add('pump-0101', gateway_id='gw-1'); reg.add('pump-0102', gateway_id='gw-1')
+    s.tokens['admin'] = reg.add_admin('ops').token
+    s.reg = reg
+    s.start(); yield s; s.stop()
+
+def post(s, body, token='pump-0001', ct='application/json'):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(s.url + '/v1/readings', content=data, headers={'Authorization': f"Bearer {s.tokens.get(token, token)}", 'content-type': ct}, timeout=10)
+
+def lake_rows(s, tier='raw'):
+    lk = Lake(s.root/'data'/'lake')
+    try: return lk.sql(f"SELECT * FROM {tier}.telemetry")
+    except Exception: return pd.DataFrame(columns=['device_id', 'ts', 'sensor', 'value'])
+
+def wait_for(fn, timeout=10):
+    t = time.time()
+    while time.time() - t < timeout:
+        v = fn()
+        if v is not None and v is not False: return v
+        time.sleep(0.05)
+    raise AssertionError('timed out')
+
+def wait_rows(s, n, timeout=10):
+    "The raw tier once it holds at least `n` readings."
+    def get():
+        d = lake_rows(s)
+        return d if len(d) >= n else None
+    return wait_for(get, timeout)
+
+R = lambda i=0, **kw: {'device_id': 'pump-0001', 'ts': f'2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z', 'sensor': 'flow', 'value': 1.0 + i} | kw
+
+def test_formats_all_land(server):
+    s = server
+    assert post(s, R(0)).json()['accepted'] == 1                                            # one reading
+    assert post(s, [R(1), R(2)]).json()['accepted'] == 2                                    # a batch
+    assert post(s, {'readings': [R(3)]}).json()['accepted'] == 1                            # {"readings": [...]}
+    wide = {'device_id': 'pump-0001', 'ts': 1767225900, 'power': 40.5, 'motor_current': 71.2}
+    assert post(s, wide).json() == {'records': 1, 'accepted': 1, 'rejected': 0, 'errors': []}
+    nd = '\n'.join(json.dumps(R(i)) for i in range(10, 13))
+    assert post(s, nd, ct='application/x-ndjson').json()['accepted'] == 3
+    csv = "device_id,ts,sensor,value\npump-0001,2026-01-01T01:00:00Z,flow,5\npump-0001,2026-01-01T01:01:00Z,flow,6\n"
+    assert post(s, csv, ct='text/csv').json()['accepted'] == 2
+    df = wait_rows(s, 11)
+    assert len(df) == 11 and set(df['sensor']) == {'flow', 'power', 'motor_current'}
+    assert df.loc[df['sensor'] == 'power', 'ts'].iloc[0] == pd.Timestamp('2026-01-01 00:05', tz='UTC')
+
+def test_partial_acceptance_and_messages(server):
+    s = server
+    body = [R(0), R(1, value='abc'), R(2, value=None), {'ts': '2026-01-01T00:03:00Z', 'sensor': 'flow', 'value': 1},
+            R(4, ts='2026-01-01 00:04:00'), R(5, ts='2126-01-01T00:00:00Z'), R(6, device_id='pump\u00070001'),
+            R(7, device_id='p' * 300), R(8, ts=1767225600123), R(9, ts=1767225600123456), R(10, ts=1767225600123456789),
+            R(11, device_id='pump-0002'), 7]
+    r = post(s, body)
+    assert r.status_code == 200
+    out = r.json()
+    assert out['accepted'] == 4 and out['rejected'] == 9
+    reasons = {e['index']: (e['field'], e['reason']) for e in out['errors']}
+    assert reasons[1] == ('value', "'abc' is not a number; send a number such as 12.5")
+    assert reasons[2] == ('value', "is missing; every reading needs device_id, ts, sensor, value")
+    assert reasons[3] == ('device_id', "is missing; every reading needs device_id, ts, sensor, value")
+    assert reasons[4] == ('ts', "'2026-01-01 00:04:00' has no time zone, so it is ambiguous; add 'Z' for UTC or an offset such as +01:00")
+    assert reasons[5][1].endswith('is more than a day in the future; check the device clock')
+    assert 'is not a valid device id' in reasons[6][1] and 'is not a valid device id' in reasons[7][1]
+    assert reasons[11] == ('device_id', "token for pump-0001 may not write readings of pump-0002; use that device's own token")
+    assert reasons[12][1].startswith('is int, not an object')
+    # NaN and Infinity as JSON literals fail per record, the rest of the batch is kept
+    r = post(s, '[{"device_id":"pump-0001","ts":"2026-01-02T00:00:00Z","sensor":"flow","value":NaN},'
+                '{"device_id":"pump-0001","ts":"2026-01-02T00:01:00Z","sensor":"flow","value":Infinity},'
+                '{"device_id":"pump-0001","ts":"2026-01-02T00:02:00Z","sensor":"flow","value":3}]')
+    assert r.json()['accepted'] == 1 and [e['reason'].split(',')[0] for e in r.json()['errors']] == ['is nan', 'is inf']
+    # epoch ms, us and ns are told apart by their size (ns are rounded to us)
+    df = wait_rows(s, 5)
+    assert sorted(df['ts'].astype(str))[:4] == ['2026-01-01 00:00:00.000000+00:00', '2026-01-01 00:00:00.123000+00:00',
+                                                '2026-01-01 00:00:00.123456+00:00', '2026-01-01 00:00:00.123457+00:00']
+    # every rejection is in the dead-letter store with its reason
+    dead = [json.loads(l) for f in (s.root/'state'/'deadletter').glob('*.ndjson') for l in f.read_text().splitlines()]
+    assert len(dead) == 11 and {d['reason'] for d in dead} >= {"'abc' is not a number; send a number such as 12.5"}
+    assert httpx.get(s.url + '/healthz').status_code == 200
+
+def test_whole_body_errors(server):
+    s = server
+    r = post(s, b'{"device_id": "pump-0001",')
+    assert r.status_code == 400 and r.json()['error'].startswith('the body is not valid JSON')
+    assert post(s, b'x', ct='text/xml').status_code == 415
+    big = json.dumps([R(i % 3000) for i in range(3000)])            # over max_body_bytes (256 KiB)
+    r = post(s, big)
+    assert r.status_code == 413 and 'larger than 262,144 bytes' in r.json()['error']
+    r = post(s, [R(i) for i in range(2001)])                         # over max_batch, under the size limit
+    assert r.status_code in (413,) and 'more than 2,000' in r.json()['error']
+    r = post(s, [R(i, value='x') for i in range(3)])
+    assert r.status_code == 422 and r.json()['accepted'] == 0
+
+def test_auth(server):
+    s = server
+    r = httpx.post(s.url + '/v1/readings', json=R(0))
+    assert r.status_code == 401 and r.json()['error'].startswith('no token')
+    r = post(s, R(0), token='i2m_not-a-real-token')
+    assert r.status_code == 401 and r.json()['error'].startswith('unknown token')
+    assert httpx.get(s.url + '/v1/latest').status_code == 401 and httpx.get(s.url + '/metrics').status_code == 401
+    s.reg.revoke('pump-0003'); time.sleep(2.1)                       # revocation takes effect within the auth cache TTL
+    r = post(s, R(0, device_id='pump-0003'), token='pump-0003')
+    assert r.status_code == 403 and 'revoked' in r.json()['error']
+    short = s.reg.add('pump-0009', expires_in='1s').token; time.sleep(1.5)
+    r = post(s, R(0, device_id='pump-0009'), token=short)
+    assert r.status_code == 401 and 'expired' in r.json()['error']
+    gw = post(s, [R(0, device_id='pump-0101'), R(0, device_id='pump-0102'), R(0, device_id='pump-0001')], token='gw').json()
+    assert gw['accepted'] == 2 and gw['errors'][0]['index'] == 2
+    assert post(s, R(0, device_id='pump-0002'), token='admin').json()['accepted'] == 1
+
+def test_rate_limit(server):
+    s = server
+    assert post(s, [R(i) for i in range(1500)]).status_code == 200
+    codes = [post(s, [R(i) for i in range(1500, 3000)]) for _ in range(3)]
+    limited = [r for r in codes if r.status_code == 429]
+    assert limited and int(limited[0].headers['Retry-After']) >= 1 and 'rate limit' in limited[0].json()['error']
+
+def test_latest_state_and_metrics(server):
+    s = server
+    post(s, [R(0, value=1.0), R(10, value=2.0)])
+    post(s, R(5, value=99.0))                                        # older than what we have: never overwrites
+    post(s, R(0, device_id='pump-0003', sensor='power', value=7.0), token='pump-0003')
+    h = {'Authorization': f"Bearer {s.tokens['admin']}"}
+    d = wait_for(lambda: (r := httpx.get(s.url + '/v1/devices/pump-0001/latest', headers=h)).status_code == 200 and r.json())
+    assert d['sensors']['flow']['value'] == 2.0 and d['status'] == 'online'
+    south = httpx.get(s.url + '/v1/latest', params={'site': 'south'}, headers=h).json()
+    assert [(x['device_id'], x['sensor'], x['value']) for x in south] == [('pump-0003', 'power', 7.0)]
+    assert httpx.get(s.url + '/v1/devices/nope/latest', headers=h).status_code == 404
+    m = httpx.get(s.url + '/metrics', headers=h).text
+    assert 'iot2ml_records_received_total 4' in m and '# TYPE iot2ml_spool_depth_rows gauge' in m
+    assert httpx.get(s.url + '/docs').status_code == 200
+    assert '/v1/readings' in httpx.get(s.url + '/openapi.json').json()['paths']
+
+def test_kill_9_loses_no_acknowledged_reading(tmp_path):
+    s = Server(tmp_path); reg = Registry(tmp_path/'state'/'registry.sqlite')
+    s.tokens = {'pump-0001': reg.add('pump-0001').token}
+    (tmp_path/'iot2ml.toml').write_text(CONFIG.format(port=s.port).replace('flush_seconds = 0.3', 'flush_seconds = 2.0').replace('rate_limit = 1000', 'rate_limit = 10000000').replace('rate_burst = 2000', 'rate_burst = 10000000'))
+    s.start()
+    acked, stop = [], threading.Event()
+    def load():
+        i = 0
+        with httpx.Client(timeout=5) as c:
+            while not stop.is_set():
+                batch = [{'device_id': 'pump-0001', 'ts': int(1767225600 + i * 100 + k), 'sensor': 'flow', 'value': float(i)} for k in range(100)]
+                try:
+                    r = c.post(s.url + '/v1/readings', json=batch, headers={'Authorization': f"Bearer {s.tokens['pump-0001']}"})
+                    if r.status_code == 200: acked.append(i)
+                except httpx.HTTPError: return
+                i += 1
+    t = threading.Thread(target=load); t.start()
+    wait_for(lambda: len(acked) > 30, 30)
+    s.proc.send_signal(signal.SIGKILL); s.proc.wait(); stop.set(); t.join()
+    s.log.close()
+    s.start(); s.stop()                                              # the restart replays the spool into the lake
+    lk = Lake(tmp_path/'data'/'lake'); lk.process()
+    df = lk.sql("SELECT CAST(value AS INT) AS batch, count(*) AS n FROM processed.telemetry GROUP BY 1")
+    got = dict(zip(df['batch'], df['n']))
+    assert all(got.get(i) == 100 for i in acked), [i for i in acked if got.get(i) != 100][:5]
+    raw = lk.sql("SELECT count(*) AS n, count(DISTINCT ts) AS k FROM raw.telemetry")
+    assert raw['n'][0] == raw['k'][0]                                # nothing landed twice, even in the raw tier
