@@ -37,7 +37,8 @@ nbs-check: install  ## fail if nbdev-export or nbdev-clean would change anything
 nbdev-test: install  ## run every notebook (library and workflow) as a test
 	$(BIN)/nbdev-test --n-workers 2
 
-pytest: install  ## the pytest suite
+pytest: install  ## the pytest suite (installs Debian's mosquitto first when root; the tests start their own broker)
+	bash scripts/ensure-mosquitto.sh
 	$(BIN)/pytest -q
 
 bench: install  ## all benchmarks; figures go to BENCHMARKS.md by hand

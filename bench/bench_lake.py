@@ -45,7 +45,7 @@ else:
     files = sorted(Path(lake_dir, 'processed', 'telemetry').glob('date=*/*.parquet'))
     df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     df['hour'] = df['ts'].dt.floor('1h')
-    out = df.groupby(['device_id', 'sensor', 'hour'])['value'].agg(['mean', 'min', 'max', 'std', 'count']).reset_index()
+    out = df.groupby(['device_id', 'sensor', 'hour'])['value'].agg(['mean', 'min', 'max', 'std', 'last', 'count']).reset_index()   # files are sorted by ts: last = newest
 dt = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 print(json.dumps(dict(seconds=dt, rows=len(out), peak_rss_gib=peak, query_gib=peak - base_rss)))

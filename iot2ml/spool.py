@@ -74,7 +74,6 @@ log = logging.getLogger('iot2ml.spool')
 _HDR = struct.Struct('<II')
 _SEG_RE = re.compile(r'^seg-(\d{12})\.wal$')
 _ID_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._\-]{0,100}')
-_MAX_RECORD = 1 << 31
 
 class SpoolFull(RuntimeError):
     "The spool holds more unlanded bytes than its limit; retry after `retry_after` seconds."
