@@ -3,6 +3,7 @@
 Modules:
 
 - `iot2ml.api`: The HTTP face of iot2ml: a FastAPI app served by uvicorn (`iot2ml serve`).
+- `iot2ml.live`: Live fleet: stream simulated pumps in real time over MQTT or HTTP (`iot2ml simulate --live`), for demos and load tests.
 - `iot2ml.mqtt`: The MQTT face of iot2ml: `iot2ml mqtt` subscribes to a broker and stores what devices publish.
 - `iot2ml.service`: The ingestion service core shared by the HTTP API and the MQTT ingester.
 - `iot2ml.spool`: A write-ahead spool in front of the lake: readings are acknowledged once fsynced, landed as Parquet in batches."""

@@ -14,6 +14,7 @@ import numpy as np, orjson, pandas as pd, pyarrow as pa
 
 from .schema import RecordError, LONG_SCHEMA, RAW_SCHEMA, TS_TYPE, check as check_schema
 from .parse import Parsed, check_parsed
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['DeadLetters', 'Route', 'load_function', 'fahrenheit_to_celsius', 'hydraulic_power', 'Outcome', 'Ingestor']
@@ -133,6 +134,8 @@ class Ingestor:
                 records:list|Callable|None=None, now=None, arrival=None, assume_tz:str|None=None) -> tuple[dict[str, pa.Table], Outcome]:
         "Per destination, the readings to send (raw schema); and the outcome. `topic`: one, or one per record. Rejections are dead-lettered."
         table, rec, errors = check_parsed(parsed, now=now, assume_tz=assume_tz)
+        if not self.routes and (forbidden is None or all(forbidden(d) is None for d in table.column('device_id').unique().to_pylist())):
+            return self._direct(parsed, table, rec, errors, records, source, arrival)   # nothing to route: no pandas
         df = table.to_pandas(); df['record'] = rec
         if not isinstance(topic, str): topic = pd.Series(topic, dtype=object).iloc[rec].reset_index(drop=True)
         if forbidden is not None and len(df):
@@ -155,10 +158,24 @@ class Ingestor:
         bad_records = {e.index for e in errors}
         arrival = pd.Timestamp.now(tz='UTC') if arrival is None else pd.Timestamp(arrival)
         tables = {dest: _to_raw(pd.concat(parts, ignore_index=True), bad_records, arrival) for dest, parts in out.items()}
-        errors = sorted({(e.index): e for e in errors}.values(), key=lambda e: e.index)
-        if self.deadletters is not None: self.deadletters.add(errors, records, source)
-        accepted = parsed.records - len(errors)
-        return tables, Outcome(parsed.records, accepted, errors, {d: t.num_rows for d, t in tables.items()})
+        return self._finish(parsed, tables, errors, records, source)
+
+# %% ../nbs/13_ingest.ipynb #c8d3fee8
+@patch
+def _finish(self:Ingestor, parsed:Parsed, tables:dict, errors:list, records, source:str) -> tuple[dict, Outcome]:
+    "One error per rejected record, dead-lettered; the outcome."
+    errors = sorted({(e.index): e for e in errors}.values(), key=lambda e: e.index)
+    if self.deadletters is not None: self.deadletters.add(errors, records, source)
+    return tables, Outcome(parsed.records, parsed.records - len(errors), errors, {d: t.num_rows for d, t in tables.items()})
+
+@patch
+def _direct(self:Ingestor, parsed:Parsed, table:pa.Table, rec:np.ndarray, errors:list, records, source:str, arrival=None) -> tuple[dict, Outcome]:
+    "No routes: the readings of records not rejected go, as one raw-schema Arrow table, to every default destination."
+    bad = {e.index for e in errors}
+    kept = table.filter(pa.array(~np.isin(rec, list(bad)))) if bad and table.num_rows else table
+    us = time.time_ns() // 1000 if arrival is None else pd.Timestamp(arrival).value // 1000
+    raw = pa.Table.from_arrays([*kept.columns, pa.array(np.full(kept.num_rows, us, 'int64')).cast(TS_TYPE)], schema=RAW_SCHEMA)
+    return self._finish(parsed, {d: raw for d in self.default_to} if table.num_rows else {}, errors, records, source)
 
 def _to_raw(df:pd.DataFrame, bad:set, arrival:pd.Timestamp) -> pa.Table:
     "Readings of records not rejected, in the raw schema with `arrival`."

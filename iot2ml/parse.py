@@ -6,15 +6,14 @@ Docs: https://iot2ml.github.io/iot2ml/parse.html.md"""
 
 # %% ../nbs/11_parse.ipynb #9b0c324b
 from __future__ import annotations
-import io, json
-from dataclasses import dataclass, field
-import numpy as np, orjson, pandas as pd, pyarrow as pa, pyarrow.csv as pacsv
+import io, json, operator, re, time
+import numpy as np, orjson, pandas as pd, pyarrow as pa, pyarrow.compute as pc, pyarrow.csv as pacsv
 
-from .schema import REQUIRED, RecordError, Validated, validate, LONG_SCHEMA, TS_TYPE, MIN_TS, MAX_AHEAD, ID_RE
+from .schema import REQUIRED, RecordError, Validated, validate, LONG_SCHEMA, TS_TYPE, MIN_TS, MAX_AHEAD, ID_RE, _epoch_to_us
 
 # %% auto #0
-__all__ = ['META', 'CONTENT_TYPES', 'ParseError', 'Parsed', 'from_records', 'parse_json', 'parse_ndjson', 'parse_csv',
-           'from_frame', 'parse_body', 'check_parsed']
+__all__ = ['META', 'COLUMNS', 'CONTENT_TYPES', 'ParseError', 'Parsed', 'from_records', 'parse_json', 'parse_ndjson', 'parse_csv',
+           'from_frame', 'parse_body', 'fast_check', 'check_parsed']
 
 # %% ../nbs/11_parse.ipynb #0ff00809
 META = ('device_id', 'ts', 'unit', 'quality')
@@ -22,12 +21,27 @@ META = ('device_id', 'ts', 'unit', 'quality')
 class ParseError(ValueError):
     "The body as a whole cannot be read (not JSON, not CSV, wrong shape); the message says what to send."
 
-@dataclass
 class Parsed:
     "Readings in long form as columns, each with the index of the record it came from."
-    frame: pd.DataFrame          # device_id, ts, sensor, value, unit, quality, record
-    records: int                 # records in the body
-    errors: list[RecordError] = field(default_factory=list)   # records that could not even be shaped into readings
+    def __init__(self, frame:pd.DataFrame|None=None,   # device_id, ts, sensor, value, unit, quality, record
+                 records:int=0,                        # records in the body
+                 errors:list[RecordError]|None=None,   # records that could not even be shaped into readings
+                 columns:dict|None=None):              # or: the fields of long records as lists (see `from_records`)
+        self._frame, self.records, self.errors, self.columns = frame, records, list(errors or []), columns
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        "The readings as a DataFrame (built from `columns` on first use; from then on the frame is the readings)."
+        if self._frame is None: self._frame, self.columns = _frame(self.columns), None
+        return self._frame
+    @frame.setter
+    def frame(self, df:pd.DataFrame): self._frame, self.columns = df, None
+
+    @property
+    def readings(self) -> int:
+        "How many long readings (a wide record gives one per sensor)."
+        return len(self.columns['device_id']) if self._frame is None else len(self._frame)
+    def __repr__(self): return f"Parsed({self.readings} readings of {self.records} records, {len(self.errors)} errors)"
 
 def _records(obj) -> list:
     if isinstance(obj, dict): obj = obj['readings'] if isinstance(obj.get('readings'), list) else [obj]
@@ -35,15 +49,39 @@ def _records(obj) -> list:
     return obj
 
 # %% ../nbs/11_parse.ipynb #fab83f81
+COLUMNS = ('device_id', 'ts', 'sensor', 'value', 'unit', 'quality', 'record')
+_GET = tuple(operator.itemgetter(c) for c in REQUIRED)   # device_id, ts, sensor, value
+
+def _long_columns(recs:list) -> dict|None:
+    "The fields of `recs` as columns when every record is a long reading with all four required fields; else None."
+    if not recs: return None
+    try: d, t, s, v = [list(map(get, recs)) for get in _GET]
+    except (KeyError, TypeError): return None   # a field missing, or a record that is not an object
+    more = sum(map(len, recs)) != 4 * len(recs)
+    u = [r.get('unit') for r in recs] if more else None
+    q = [r.get('quality') for r in recs] if more else None
+    return dict(device_id=d, ts=t, sensor=s, value=v, unit=u, quality=q, record=None)   # record None: reading i is record i
+
+def _frame(cols:dict) -> pd.DataFrame:
+    "The DataFrame of Python objects that validation takes (unit and quality left out when no reading has one)."
+    n = len(cols['device_id'])
+    fill = lambda c, v: (range(n) if c == 'record' else [None] * n) if v is None else v
+    frame = pd.DataFrame({c: pd.Series(fill(c, cols.get(c)), dtype=object) for c in COLUMNS})
+    for c in ('unit', 'quality'):
+        if frame[c].isna().all(): frame = frame.drop(columns=c)
+    return frame
+
+# %% ../nbs/11_parse.ipynb #e7bf9423
 def from_records(recs:list) -> Parsed:
     "Long-form columns from a list of JSON objects (long or wide)."
+    if (cols := _long_columns(recs)) is not None: return Parsed(records=len(recs), columns=cols)
     errors, long_ix, wide_ix = [], [], []
     for i, r in enumerate(recs):
         if not isinstance(r, dict): errors.append(RecordError(i, '-', f"is {type(r).__name__}, not an object; send objects with device_id, ts, sensor, value"))
         elif 'sensor' in r or 'value' in r: long_ix.append(i)
         else: wide_ix.append(i)
-    cols = {c: [] for c in ('device_id', 'ts', 'sensor', 'value', 'unit', 'quality', 'record')}
-    if len(long_ix) == len(recs):   # fast path: all long
+    cols = {c: [] for c in COLUMNS}
+    if len(long_ix) == len(recs):   # all long, some with a field missing
         for c in cols: cols[c] = [r.get(c) for r in recs] if c != 'record' else list(range(len(recs)))
     else:
         for i in long_ix:
@@ -55,10 +93,7 @@ def from_records(recs:list) -> Parsed:
             for s in sensors:
                 for c, v in (('device_id', r.get('device_id')), ('ts', r.get('ts')), ('sensor', s), ('value', r[s]),
                              ('unit', r.get('unit')), ('quality', r.get('quality')), ('record', i)): cols[c].append(v)
-    frame = pd.DataFrame({c: pd.Series(v, dtype=object) for c, v in cols.items()})
-    for c in ('unit', 'quality'):
-        if frame[c].isna().all(): frame = frame.drop(columns=c)
-    return Parsed(frame, len(recs), errors)
+    return Parsed(_frame(cols), len(recs), errors)
 
 # %% ../nbs/11_parse.ipynb #b183ccd1
 def _loads(body:bytes):
@@ -87,6 +122,9 @@ def parse_ndjson(body:bytes) -> Parsed:
 # %% ../nbs/11_parse.ipynb #f5713ef2
 def parse_csv(data:bytes|str, columns:dict|None=None) -> Parsed:
     "CSV with a header, long (has a `sensor` column) or wide (a column per sensor); `columns` renames file columns to ours."
+    if isinstance(data, bytes):
+        try: data.decode('utf-8')
+        except UnicodeDecodeError as e: raise ParseError(f"the CSV is not UTF-8 text ({e}); send it encoded as UTF-8") from None
     try: t = pacsv.read_csv(io.BytesIO(data.encode() if isinstance(data, str) else data),
                             convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
     except pa.ArrowInvalid as e: raise ParseError(f"the CSV cannot be read ({e}); send a header line and comma-separated rows") from None
@@ -116,8 +154,90 @@ def parse_body(body:bytes, content_type:str|None='application/json') -> Parsed:
     return CONTENT_TYPES[ct](body)
 
 # %% ../nbs/11_parse.ipynb #541b7d1d
+_ID = re.compile(ID_RE)
+_NUM, _NONE = {int, float}, type(None)
+_MIN_US = MIN_TS.value // 1000
+
+def _ids(col:list) -> tuple[pa.Array, np.ndarray]|None:
+    "All strings that are valid ids: their Arrow array and a code per distinct value (each matched once); else None."
+    first = col[0]
+    if type(first) is str and col[-1] == first and col.count(first) == len(col):   # one value: no hashing at all
+        if not _ID.fullmatch(first): return None
+        return pa.repeat(pa.scalar(first, pa.string()), len(col)), np.zeros(len(col), np.int32)
+    try: a = pa.array(col, pa.string())
+    except (pa.ArrowException, ValueError): return None   # a value that is not a string
+    if a.null_count: return None
+    enc = a.dictionary_encode()   # the distinct values, by Arrow's hashing
+    if not all(_ID.fullmatch(x) for x in enc.dictionary.to_pylist()): return None
+    return a, enc.indices.to_numpy()
+
+def _values(col) -> np.ndarray|None:
+    "All finite numbers (not bools) as float64; else None."
+    types = set(map(type, col))
+    if not types <= _NUM: return None
+    v = np.array(col, dtype='float64')
+    if not np.isfinite(v).all() or (int in types and np.abs(v).max() >= 2**53): return None   # huge ints: the exact path rounds them
+    return v
+
+# %% ../nbs/11_parse.ipynb #4ae372f6
+def _times(col, now_ns:int) -> tuple[pa.Array, np.ndarray]|None:
+    "Times that are all epoch numbers or all ISO 8601 strings with a zone, from 2000 to a day after now: (TS_TYPE array, int64 us)."
+    if type(col[0]) is str:
+        try: a = pa.array(col, pa.string())   # raises for a value that is not a string
+        except (pa.ArrowException, ValueError): return None
+        if a.null_count: return None
+        try: ts = pc.cast(a, TS_TYPE)          # raises for a string without a zone or in a form Arrow does not read
+        except pa.ArrowInvalid: return None
+        us = ts.view(pa.int64()).to_numpy()
+    elif set(map(type, col)) <= _NUM:
+        x = np.array(col, dtype='float64')
+        if not np.isfinite(x).all() or np.abs(x).max() >= 9e18: return None
+        us = _epoch_to_us(x); ts = pa.array(us, pa.int64()).view(TS_TYPE)
+    else: return None
+    if us.min() < _MIN_US or us.max() > (now_ns + MAX_AHEAD.value) // 1000: return None
+    return ts, us
+
+# %% ../nbs/11_parse.ipynb #8e78c1dc
+def _unit(col, n:int) -> pa.Array|None:
+    if col is None or set(map(type, col)) == {_NONE}: return pa.nulls(n, pa.string())
+    return pa.array(col, pa.string()) if set(map(type, col)) <= {str, _NONE} else None
+
+def _quality(col, n:int) -> np.ndarray|None:
+    types = set() if col is None else set(map(type, col)) - {_NONE}
+    if not types: return np.zeros(n, 'uint8')
+    if not types <= _NUM: return None
+    q = np.array([0 if x is None else x for x in col], dtype='float64')
+    return q.astype('uint8') if ((q >= 0) & (q <= 255) & (q == np.round(q))).all() else None
+
+def _has_duplicates(dcode:np.ndarray, scode:np.ndarray, us:np.ndarray) -> bool:
+    "Whether two readings share device, sensor and time (codes of device and sensor, time in us)."
+    k = dcode.astype('int64') * (int(scode.max()) + 1) + scode
+    o = np.lexsort((us, k)); k, us = k[o], us[o]
+    return bool(((k[1:] == k[:-1]) & (us[1:] == us[:-1])).any())
+
+# %% ../nbs/11_parse.ipynb #f55d48ef
+def fast_check(p:Parsed, now:pd.Timestamp|None=None) -> pa.Table|None:
+    "The readings of `p` in `LONG_SCHEMA` if all are clean, checked by columns; None if any is not or `p` has no columns."
+    c = p.columns
+    if c is None: return None
+    now = None if now is None else pd.Timestamp(now)
+    if now is not None and now.tzinfo is None: return None
+    now_ns = time.time_ns() if now is None else now.value
+    try:
+        dev = _ids(c['device_id'])
+        sen = None if dev is None else _ids(c['sensor'])
+        val = None if sen is None else _values(c['value'])
+        tms = None if val is None else _times(c['ts'], now_ns)
+        if tms is None: return None
+        n = len(val); unit, q = _unit(c.get('unit'), n), _quality(c.get('quality'), n)
+        if unit is None or q is None or _has_duplicates(dev[1], sen[1], tms[1]): return None
+    except (ArithmeticError, ValueError, TypeError, pa.ArrowException): return None   # anything odd: the exact path explains it
+    return pa.Table.from_arrays([dev[0], tms[0], sen[0], pa.array(val, pa.float64()), unit, pa.array(q, pa.uint8())], schema=LONG_SCHEMA)
+
+# %% ../nbs/11_parse.ipynb #fc966f32
 def check_parsed(p:Parsed, now:pd.Timestamp|None=None, assume_tz:str|None=None) -> tuple[pa.Table, np.ndarray, list[RecordError]]:
     "Validate parsed readings: the accepted readings, the record each came from, and errors that refer to the sender's records."
+    if (t := fast_check(p, now)) is not None: return t, np.arange(t.num_rows), list(p.errors)   # clean: checked by columns
     rec = p.frame['record'].to_numpy() if len(p.frame) else np.array([], int)
     res = validate(p.frame.drop(columns='record'), now=now, assume_tz=assume_tz) if len(p.frame) else None
     errors = list(p.errors)

@@ -56,12 +56,16 @@ class Counters:
 
 class Service:
     "Lake, spool writer, latest state, dead letters and ingestor, built from the settings."
+    # Latest-state updates per second, on average and at once: an update has a fixed cost of several ms, and run for
+    # every request under load it took half the GIL from ingestion. Past the burst, batches wait and go as one.
+    latest_rate, latest_burst = 5.0, 10.0
     def __init__(self, settings:Settings|None=None, writer_id:str|None=None, hooks:dict[str, Callable[[pa.Table], None]]|None=None):
         s = self.settings = settings or load_settings()
         ing = s.ingest; state_dir = s.path('state_dir')
         self.lake = Lake.from_settings(s)
         self.state = LatestState(state_dir/'latest.sqlite', stale_after=ing.stale_after, bucket=ing.bucket, window=ing.window)
         self.updater = StateUpdater(self.state)
+        self._latest, self._latest_timer, self._latest_tokens, self._latest_at = [], None, self.latest_burst, time.monotonic()
         self.deadletters = DeadLetters(state_dir/'deadletter')
         self.hooks = dict(hooks or {})
         routes = [Route(**r.model_dump()) for r in ing.routes]
@@ -94,7 +98,10 @@ class Service:
 
     def close(self) -> None:
         "Land everything accepted, stop the threads."
-        self.writer.close(); self.updater.close()
+        self.writer.close()
+        with self._lock: t = self._latest_timer
+        if t is not None: t.cancel()
+        self._flush_latest(); self.updater.close()
 
     def _on_flush(self, info:dict) -> None:
         with self._lock:
@@ -110,13 +117,33 @@ class Service:
         with self._lock: self.counters.received += outcome.records; self.counters.requests += 1
         return tables, outcome
 
+    def _to_latest(self, table:pa.Table) -> None:
+        "Hand `table` to the latest-state updater now if the update rate allows, else with what comes until a timer fires."
+        with self._lock:
+            self._latest.append(table)
+            if self._latest_timer is not None: return
+            now = time.monotonic()
+            self._latest_tokens = min(self.latest_burst, self._latest_tokens + (now - self._latest_at) * self.latest_rate)
+            self._latest_at = now
+            if self._latest_tokens >= 1: self._put_latest(); return
+            self._latest_timer = t = threading.Timer((1 - self._latest_tokens) / self.latest_rate, self._flush_latest); t.daemon = True
+        t.start()
+
+    def _flush_latest(self) -> None:
+        with self._lock: self._latest_timer = None; self._put_latest()
+
+    def _put_latest(self) -> None:
+        "(Under the lock, so batches reach the updater in order and before close() ends it.)"
+        batch, self._latest = self._latest, []
+        if batch: self._latest_tokens -= 1; self.updater.put(batch[0] if len(batch) == 1 else pa.concat_tables(batch, promote_options='default'))
+
     def store(self, tables:dict, outcome:Outcome) -> concurrent.futures.Future:
         """Durably store routed readings. The future resolves once the lake part is fsynced in the spool; then latest
         state and the hooks get their parts. Raises `SpoolFull` (nothing stored) under backpressure."""
         lake, latest = tables.get('lake'), tables.get('latest')
         def done(f=None):
             if f is not None and f.exception() is not None: return
-            if latest is not None and latest.num_rows: self.updater.put(latest)
+            if latest is not None and latest.num_rows: self._to_latest(latest)
             for name, fn in self.hooks.items():
                 if name in tables: fn(tables[name])
             with self._lock:

@@ -38,3 +38,22 @@ def tiny_project(tmp_path_factory):
     run([str(BIN/'iot2ml'), 'snapshot'], d)
     run('git add -A && git commit -qm init', d)
     return d
+
+# -- a real Mosquitto (tests/mqtt_broker.py), for test_registry.py and test_mqtt.py --------------------------------------
+
+@pytest.fixture(scope='session')
+def mosquitto():
+    "The mosquitto binary, installed by scripts/ensure-mosquitto.sh if missing; fails (never skips) if it cannot be."
+    from mqtt_broker import ensure_mosquitto
+    try: return ensure_mosquitto()
+    except RuntimeError as e: pytest.fail(str(e), pytrace=False)
+
+@pytest.fixture
+def mqtt_broker(tmp_path, mosquitto):
+    "Start a real Mosquitto for a password file and an ACL: `mqtt_broker(passwd, acl, extra='') -> Broker` (.host, .port); stopped after the test."
+    from mqtt_broker import start_broker
+    started = []
+    def start(passwd, acl, extra=''):
+        started.append(start_broker(tmp_path, passwd, acl, extra=extra)); return started[-1]
+    yield start
+    for b in started: b.stop()

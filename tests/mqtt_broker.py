@@ -57,6 +57,8 @@ password_file {passwd}
 acl_file {acl}
 persistence true
 persistence_location {data}/
+# keep every message for a client that is down or behind (with the default, 1000, the broker drops the rest)
+max_queued_messages 0
 log_dest stdout
 log_type error
 log_type warning
@@ -73,14 +75,15 @@ def _listening(host:str, port:int) -> bool:
 def start_broker(tmp_path:Path|str, # a folder for the config, log and persistence
                  passwd_file:Path|str, # Mosquitto password file (e.g. from `iot2ml broker-config`)
                  acl_file:Path|str, # Mosquitto ACL file
-                 host:str='127.0.0.1', timeout:float=10.0) -> Broker:
+                 host:str='127.0.0.1', timeout:float=10.0,
+                 extra:str='') -> Broker: # more mosquitto.conf lines, e.g. 'max_inflight_messages 1000'
     "Start mosquitto on a free port of `host` with anonymous access off, and return once it accepts connections."
     exe, d = ensure_mosquitto(), Path(tmp_path)/'mosquitto-broker'
     (d/'data').mkdir(parents=True, exist_ok=True)
     for attempt in range(3):  # another process may take the free port before mosquitto binds it
         port, conf, log = free_port(host), d/'mosquitto.conf', d/f'mosquitto-{attempt}.log'
         conf.write_text(CONF.format(port=port, host=host, passwd=Path(passwd_file).resolve(), acl=Path(acl_file).resolve(),
-                                    data=(d/'data').resolve(), user=pwd.getpwuid(os.getuid()).pw_name))
+                                    data=(d/'data').resolve(), user=pwd.getpwuid(os.getuid()).pw_name) + extra + '\n')
         with open(log, 'wb') as out:
             proc = subprocess.Popen([exe, '-c', str(conf)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         b, deadline = Broker(proc, host, port, conf, log), time.monotonic() + timeout

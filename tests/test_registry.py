@@ -9,7 +9,6 @@ from click.testing import CliRunner
 from iot2ml.devices_cli import broker_config, devices
 from iot2ml.registry import (INGEST_USER, AuthError, Registry, RegistryError, authenticate, hash_token, ingest_password,
                              mosquitto_hash, mosquitto_verify, utcnow, write_broker_config)
-from mqtt_broker import ensure_mosquitto, start_broker
 
 # -- the registry and authenticate ----------------------------------------------------------------------------------
 
@@ -204,20 +203,7 @@ def test_cli_broker_config(cli, tmp_path):
 
 # -- a real Mosquitto ------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope='session')
-def mosquitto():
-    "The mosquitto binary, installed by scripts/ensure-mosquitto.sh if missing; fails (never skips) if it cannot be."
-    try: return ensure_mosquitto()
-    except RuntimeError as e: pytest.fail(str(e), pytrace=False)
-
-@pytest.fixture
-def mqtt_broker(tmp_path, mosquitto):
-    "Start a real Mosquitto for a password file and an ACL: `mqtt_broker(passwd, acl) -> Broker` (.host, .port); stopped after the test."
-    started = []
-    def start(passwd, acl):
-        started.append(start_broker(tmp_path, passwd, acl)); return started[-1]
-    yield start
-    for b in started: b.stop()
+# the `mosquitto` and `mqtt_broker` fixtures are in conftest.py (tests/test_mqtt.py uses them too)
 
 def connect(broker, user, password, timeout=5.0):
     "A connected MQTT 5 client with its network loop running, or the reason code the broker refused it with."
