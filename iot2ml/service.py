@@ -7,7 +7,8 @@ keeps the counters that `/metrics` exposes. Every face calls `Service.ingest`, s
 validate, route and store readings the same way.
 """
 from __future__ import annotations
-import concurrent.futures, math, threading, time
+import concurrent.futures, json, logging, math, threading, time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,24 @@ from .parse import Parsed
 from .spool import SpooledWriter, SpoolFull
 from .state import LatestState, StateUpdater
 
-__all__ = ['Service', 'RateLimited', 'TokenBucket']
+__all__ = ['Service', 'RateLimited', 'TokenBucket', 'configure_logging']
+
+log = logging.getLogger('iot2ml.service')
+
+class JsonFormatter(logging.Formatter):
+    "One JSON object per line: time, level, logger, message, and any `extra` fields."
+    _skip = set(vars(logging.makeLogRecord({}))) | {'message', 'asctime'}
+    def format(self, r:logging.LogRecord) -> str:
+        d = {'ts': datetime.fromtimestamp(r.created, timezone.utc).isoformat(timespec='milliseconds'), 'level': r.levelname.lower(),
+             'logger': r.name, 'msg': r.getMessage()}
+        d.update({k: v for k, v in vars(r).items() if k not in self._skip})
+        if r.exc_info: d['exc'] = self.formatException(r.exc_info)
+        return json.dumps(d, default=str)
+
+def configure_logging(level:str='info') -> None:
+    "Structured (JSON lines) logs on stderr for iot2ml's services and uvicorn."
+    h = logging.StreamHandler(); h.setFormatter(JsonFormatter())
+    root = logging.getLogger(); root.handlers[:] = [h]; root.setLevel(level.upper())
 
 class RateLimited(RuntimeError):
     "A credential sent more readings than its rate allows; retry after `retry_after` seconds."
@@ -104,6 +122,7 @@ class Service:
         self._flush_latest(); self.updater.close()
 
     def _on_flush(self, info:dict) -> None:
+        log.info("landed a batch in the lake", extra={k: info.get(k) for k in ('batch_id', 'rows', 'seconds', 'lag') if k in info})
         with self._lock:
             self.flush_latency.append(info.get('seconds') or 0.0); self.flush_latency = self.flush_latency[-100:]
 

@@ -193,8 +193,9 @@ def test_cli_broker_config(cli, tmp_path):
     d = tmp_path/'state'/'mosquitto'
     assert r.output.splitlines() == [
         f"Wrote {d/'passwd'} (1 devices and gateways, and {INGEST_USER}) and {d/'acl'}.",
-        "Add these two lines to mosquitto.conf (with allow_anonymous false), then reload Mosquitto:",
+        "Add these lines to mosquitto.conf (with allow_anonymous false), then reload Mosquitto:",
         f"password_file {d/'passwd'}", f"acl_file {d/'acl'}",
+        "max_queued_messages 0   # keep everything devices send while the ingester is down (the default, 1000, drops the rest)",
         f"The ingester connects as {INGEST_USER} with the password in {d/'ingest.secret'}."]
     for f in ('passwd', 'acl', 'ingest.secret'): assert stat.S_IMODE((d/f).stat().st_mode) == 0o600
     secret = (d/'ingest.secret').read_text()
