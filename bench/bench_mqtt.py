@@ -37,16 +37,6 @@ SENSORS = ['flow', 'suction_pressure', 'discharge_pressure', 'motor_current', 'v
 UNITS = ['m3/h', 'bar', 'bar', 'A', 'mm/s', 'degC']
 BASE_US = 1_767_225_600_000_000   # 2026-01-01T00:00:00Z
 
-# ----------------------------------------------------------------------------------------- a raw MQTT 5 publisher
-def _varint(n):
-    out = bytearray()
-    while True:
-        b, n = n & 127, n >> 7
-        out.append(b | 128 if n else b)
-        if not n: return bytes(out)
-
-def _s(x): x = x.encode() if isinstance(x, str) else x; return struct.pack('>H', len(x)) + x
-
 def _iso(us):
     s, f = divmod(us, 1_000_000)
     return time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(s)) + f'.{f:06d}Z'
@@ -60,52 +50,7 @@ def payload(dev, k, per_msg, now_us=None):
     if per_msg == 1: return one(k).encode()
     return ('[' + ','.join(one(k * per_msg + j) for j in range(per_msg)) + ']').encode()
 
-class RawPublisher:
-    "MQTT 5 QoS 1 publisher on a raw socket: keeps at most `window` PUBLISHes unacknowledged."
-    def __init__(self, host, port, user, password, client_id, window):
-        self.sock = socket.create_connection((host, port)); self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        body = _s('MQTT') + bytes((5, 0x80 | 0x40 | 0x02)) + struct.pack('>H', 60) + b'\x00' + _s(client_id) + _s(user) + _s(password)
-        self.sock.sendall(b'\x10' + _varint(len(body)) + body)
-        ack = self.sock.recv(4096)
-        if ack[0] != 0x20 or ack[3] >= 0x80: raise RuntimeError(f"publisher refused: {ack!r}")
-        self.window, self.inflight, self.acked, self.pid, self.buf = window, 0, 0, 0, b''
-
-    def _read_acks(self, block):
-        self.sock.setblocking(block)
-        try: data = self.sock.recv(1 << 20)
-        except BlockingIOError: return
-        finally: self.sock.setblocking(True)
-        if not data: raise ConnectionError("broker closed the publisher's connection")
-        b = self.buf + data; i, n, k = 0, len(b), 0
-        while n - i >= 2:
-            rl = b[i + 1]
-            if rl & 128: raise RuntimeError("unexpected large packet")
-            if i + 2 + rl > n: break
-            if b[i] >> 4 == 4:
-                k += 1
-                if rl > 2 and b[i + 4] >= 0x80: raise RuntimeError(f"broker refused a publish: reason 0x{b[i + 4]:02x}")
-            i += 2 + rl
-        self.buf = b[i:]; self.inflight -= k; self.acked += k
-
-    def publish_many(self, topics_payloads, wait=True):
-        "Publish (topic, payload) pairs; returns when the broker acknowledged all of them (`wait`) or when they are sent."
-        out = []
-        for topic, pl in topics_payloads:
-            while self.inflight >= self.window:
-                if out: self.sock.sendall(b''.join(out)); out = []
-                self._read_acks(True)
-            self.pid = self.pid % 65535 + 1
-            body = _s(topic) + struct.pack('>H', self.pid) + b'\x00' + pl
-            out.append(b'\x32' + _varint(len(body)) + body); self.inflight += 1
-            if len(out) >= 256: self.sock.sendall(b''.join(out)); out = []; self._read_acks(False)
-        if out: self.sock.sendall(b''.join(out))
-        if not wait: self._read_acks(False); return
-        while self.inflight: self._read_acks(True)
-
-    def close(self):
-        try: self.sock.sendall(b'\xe0\x00')
-        except OSError: pass
-        self.sock.close()
+from iot2ml.live import RawPublisher   # the live simulator's raw MQTT 5 publisher
 
 def publisher_main(a):
     "Subprocess: publish messages k0..k1 round-robin over the devices; print timing as JSON."

@@ -2,19 +2,19 @@
 
 Hand-written (a paced publishing loop). Each tick, every device sends one wide message with its seven
 sensors at the wall-clock time, from the simulator's own physics (demand cycle, VFD speed, pump and system
-curves, efficiency, motor) with noise; no faults. MQTT: each device publishes on its own topic with QoS 1
-(in-flight capped, see PERF-NOTES) using the ingester-style shared connection, or per-device credentials
-when given a token map; HTTP: one batch per tick with an admin or gateway token. Bounded: it stops after
+curves, efficiency, motor) with noise; no faults. MQTT: each device's message goes to its own topic with QoS 1
+over one connection whose account may publish for every device (a gateway with the devices behind it), at most
+`window` messages unacknowledged; HTTP: one batch per tick with an admin or gateway token. Bounded: it stops after
 `--seconds` (or Ctrl-C) and reports what was sent and acknowledged.
 """
 from __future__ import annotations
-import json, math, threading, time
+import json, math, socket, struct, threading, time
 from dataclasses import dataclass
 import numpy as np, orjson, pandas as pd
 
 from .simulate import FleetSpec, SENSORS, UNITS, _assets, demand_profile, speed_for, operating_point, efficiency, motor, hydraulic_kw, device_ids
 
-__all__ = ['LiveFleet', 'run_mqtt', 'run_http']
+__all__ = ['LiveFleet', 'RawPublisher', 'run_mqtt', 'run_http']
 
 class LiveFleet:
     "Vectorised per-tick readings for `pumps` simulated pumps (the same fleet as `FleetSpec(pumps, seed)`)."
@@ -61,29 +61,78 @@ def _pace(rate:float, seconds:float, fn) -> float:
     except KeyboardInterrupt: pass
     return time.monotonic() - t0
 
+# A minimal MQTT 5 QoS 1 publisher: paho sends one message per call and handles each PUBACK in Python, which caps a
+# publisher near 20k msg/s on this machine (PERF-NOTES); this one writes hundreds of PUBLISH packets per send.
+def _varint(n):
+    out = bytearray()
+    while True:
+        b, n = n & 127, n >> 7
+        out.append(b | 128 if n else b)
+        if not n: return bytes(out)
+
+def _s(x): x = x.encode() if isinstance(x, str) else x; return struct.pack('>H', len(x)) + x
+
+class RawPublisher:
+    "MQTT 5 QoS 1 publisher on a raw socket: keeps at most `window` PUBLISHes unacknowledged."
+    def __init__(self, host, port, user, password, client_id, window):
+        self.sock = socket.create_connection((host, port)); self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        body = _s('MQTT') + bytes((5, 0x80 | 0x40 | 0x02)) + struct.pack('>H', 60) + b'\x00' + _s(client_id) + _s(user) + _s(password)
+        self.sock.sendall(b'\x10' + _varint(len(body)) + body)
+        ack = self.sock.recv(4096)
+        if ack[0] != 0x20 or ack[3] >= 0x80: raise RuntimeError(f"publisher refused: {ack!r}")
+        self.window, self.inflight, self.acked, self.pid, self.buf = window, 0, 0, 0, b''
+
+    def _read_acks(self, block):
+        self.sock.setblocking(block)
+        try: data = self.sock.recv(1 << 20)
+        except BlockingIOError: return
+        finally: self.sock.setblocking(True)
+        if not data: raise ConnectionError("broker closed the publisher's connection")
+        b = self.buf + data; i, n, k = 0, len(b), 0
+        while n - i >= 2:
+            rl = b[i + 1]
+            if rl & 128: raise RuntimeError("unexpected large packet")
+            if i + 2 + rl > n: break
+            if b[i] >> 4 == 4:
+                k += 1
+                if rl > 2 and b[i + 4] >= 0x80: raise RuntimeError(f"broker refused a publish: reason 0x{b[i + 4]:02x}")
+            i += 2 + rl
+        self.buf = b[i:]; self.inflight -= k; self.acked += k
+
+    def publish_many(self, topics_payloads, wait=True):
+        "Publish (topic, payload) pairs; returns when the broker acknowledged all of them (`wait`) or when they are sent."
+        out = []
+        for topic, pl in topics_payloads:
+            while self.inflight >= self.window:
+                if out: self.sock.sendall(b''.join(out)); out = []
+                self._read_acks(True)
+            self.pid = self.pid % 65535 + 1
+            body = _s(topic) + struct.pack('>H', self.pid) + b'\x00' + pl
+            out.append(b'\x32' + _varint(len(body)) + body); self.inflight += 1
+            if len(out) >= 256: self.sock.sendall(b''.join(out)); out = []; self._read_acks(False)
+        if out: self.sock.sendall(b''.join(out))
+        if not wait: self._read_acks(False); return
+        while self.inflight: self._read_acks(True)
+
+    def close(self):
+        try: self.sock.sendall(b'\xe0\x00')
+        except OSError: pass
+        self.sock.close()
+
 def run_mqtt(fleet:LiveFleet, host:str, port:int, username:str|None, password:str|None, rate:float, seconds:float,
-             max_inflight:int=20_000) -> Sent:
+             window:int=20_000) -> Sent:
     "Publish each device's reading on iot2ml/<id>/telemetry at `rate` ticks per second, QoS 1, for `seconds`."
-    import paho.mqtt.client as mqtt
-    out = Sent(); lock = threading.Lock(); inflight = threading.Semaphore(max_inflight)
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"iot2ml-live-{time.time_ns()}", protocol=mqtt.MQTTv311)
-    if username: c.username_pw_set(username, password)
-    c.max_inflight_messages_set(max_inflight); c.max_queued_messages_set(0)
-    def on_publish(client, userdata, mid, reason_code, properties):
-        with lock: out.acked += 1
-        inflight.release()
-    c.on_publish = on_publish
-    c.connect(host, port, 30); c.loop_start()
+    out = Sent(); topics = [f"iot2ml/{d}/telemetry" for d in fleet.ids]
+    pub = RawPublisher(host, port, username or '', password or '', f"iot2ml-live-{time.time_ns()}", window)
     def send():
-        for r in fleet.tick():
-            inflight.acquire()
-            info = c.publish(f"iot2ml/{r['device_id']}/telemetry", orjson.dumps(r), qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS: out.errors += 1; inflight.release()
-            out.messages += 1; out.readings += len(SENSORS)
+        msgs = [(t, orjson.dumps(r)) for t, r in zip(topics, fleet.tick())]
+        pub.publish_many(msgs, wait=False)
+        out.messages += len(msgs); out.readings += len(msgs) * len(SENSORS)
     out.seconds = _pace(rate, seconds, send)
-    deadline = time.monotonic() + 30
-    while out.acked + out.errors < out.messages and time.monotonic() < deadline: time.sleep(0.05)
-    c.disconnect(); c.loop_stop()
+    try:
+        while pub.inflight: pub._read_acks(True)
+    finally:
+        out.acked = pub.acked; pub.close()
     return out
 
 def run_http(fleet:LiveFleet, url:str, token:str, rate:float, seconds:float) -> Sent:
