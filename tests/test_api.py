@@ -202,3 +202,33 @@ def test_kill_9_loses_no_acknowledged_reading(tmp_path):
     assert all(got.get(i) == 100 for i in acked), [i for i in acked if got.get(i) != 100][:5]
     raw = lk.sql("SELECT count(*) AS n, count(DISTINCT ts) AS k FROM raw.telemetry")
     assert raw['n'][0] == raw['k'][0]                                # nothing landed twice, even in the raw tier
+
+def test_routes_and_transforms_from_the_config(tmp_path):
+    "[[ingest.routes]] in iot2ml.toml: a transform converts units, a failing transform dead-letters only its records."
+    s = Server(tmp_path)
+    (tmp_path/'transforms.py').write_text("def no_negatives(df):\n    if (df['value'] < 0).any(): raise ValueError('negative flow')\n    return df\n")
+    (tmp_path/'iot2ml.toml').write_text(CONFIG.format(port=s.port) + """
+[[ingest.routes]]
+name = "temperatures"
+when = "sensor == 'bearing_temp'"
+transforms = ["iot2ml.ingest.fahrenheit_to_celsius"]
+
+[[ingest.routes]]
+name = "flows"
+device = "pump-*"
+transforms = ["transforms.no_negatives"]
+""")
+    s.tokens = {'pump-0001': Registry(tmp_path/'state'/'registry.sqlite').add('pump-0001').token}
+    import os
+    env_pp = os.environ.get('PYTHONPATH'); os.environ['PYTHONPATH'] = str(tmp_path) + (os.pathsep + env_pp if env_pp else '')
+    try: s.start()
+    finally:
+        if env_pp is None: os.environ.pop('PYTHONPATH')
+        else: os.environ['PYTHONPATH'] = env_pp
+    try:
+        out = post(s, [R(0, sensor='bearing_temp', value=212, unit='degF'), R(1, value=-5.0), R(2, value=7.0)]).json()
+        assert out['accepted'] == 2 and out['errors'][0]['index'] == 1
+        assert out['errors'][0]['reason'].startswith('transform transforms.no_negatives failed: ValueError: negative flow')
+        df = wait_rows(s, 2)
+        assert sorted(zip(df['sensor'], df['value'], df['unit'].fillna(''))) == [('bearing_temp', 100.0, 'degC'), ('flow', 7.0, '')]
+    finally: s.stop()
