@@ -94,7 +94,6 @@ class Service:
                                     on_flush=self._on_flush)
         self.limiter = TokenBucket(ing.rate_limit, ing.rate_burst)
         self.counters = Counters(); self._lock = threading.Lock()
-        self.flush_latency: list[float] = []; self.last_landed_ts: pd.Timestamp|None = None
         self._info = None
         self.registry = None   # set by the faces that authenticate (HTTP); None means trust the transport (MQTT ACLs)
         self.started = time.time()
@@ -123,8 +122,6 @@ class Service:
 
     def _on_flush(self, info:dict) -> None:
         log.info("landed a batch in the lake", extra={k: info.get(k) for k in ('batch_id', 'rows', 'seconds', 'lag') if k in info})
-        with self._lock:
-            self.flush_latency.append(info.get('seconds') or 0.0); self.flush_latency = self.flush_latency[-100:]
 
     def count(self, status:int) -> None:
         "Count a response status (for /metrics)."
