@@ -400,4 +400,5 @@ d = { 'settings': { 'branch': 'main',
                               'iot2ml.state.device': ('state.html#device', 'iot2ml/state.py'),
                               'iot2ml.state.latest': ('state.html#latest', 'iot2ml/state.py'),
                               'iot2ml.state.prune': ('state.html#prune', 'iot2ml/state.py'),
+                              'iot2ml.state.warm': ('state.html#warm', 'iot2ml/state.py'),
                               'iot2ml.state.window': ('state.html#window', 'iot2ml/state.py')}}}
