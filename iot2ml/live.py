@@ -14,7 +14,7 @@ import numpy as np, orjson, pandas as pd
 
 from .simulate import FleetSpec, SENSORS, UNITS, _assets, demand_profile, speed_for, operating_point, efficiency, motor, hydraulic_kw, device_ids
 
-__all__ = ['LiveFleet', 'RawPublisher', 'run_mqtt', 'run_http']
+__all__ = ['LiveFleet', 'RawPublisher', 'run_mqtt', 'run_http', 'replay_batches', 'run_replay_http']
 
 class LiveFleet:
     "Vectorised per-tick readings for `pumps` simulated pumps (the same fleet as `FleetSpec(pumps, seed)`)."
@@ -147,4 +147,44 @@ def run_http(fleet:LiveFleet, url:str, token:str, rate:float, seconds:float) -> 
             if r.status_code == 200: out.acked += 1
             else: out.errors += 1
         out.seconds = _pace(rate, seconds, send)
+    return out
+
+# -- replay: the simulated fleet's own history, continued after the lake's end, at a chosen speed ---------------------------
+# The live ticks above are healthy pumps at wall-clock time: good for load, useless for a model that needs a week of a
+# pump's past. `run_replay_http` streams the simulator's readings for the days after the lake's end (the same pumps by
+# seed, with their faults, dropouts, duplicates and late data) in arrival order, `speed` simulated seconds per real
+# second, so latest state continues the lake's history and the champion scores a stream that can fail.
+
+def replay_batches(spec:FleetSpec, speed:float, step:float=1.0):
+    "Yield (simulated time, NDJSON body) of the readings that arrive in each `step` real seconds, in arrival order."
+    from .simulate import iter_batches
+    for _, t in iter_batches(spec):
+        t = t.sort_by('arrival_ts')
+        arr = t.column('arrival_ts').cast('int64').to_numpy()
+        if not len(arr): continue
+        edges = np.arange(arr[0], arr[-1] + 1, int(speed * step * 1e6))
+        cut = np.searchsorted(arr, edges[1:], side='left')
+        ts = pd.to_datetime(t.column('ts').cast('int64').to_numpy(), unit='us', utc=True).strftime('%Y-%m-%dT%H:%M:%SZ')
+        dev, sen, val = t.column('device_id').to_pylist(), t.column('sensor').to_pylist(), t.column('value').to_numpy()
+        for a, b in zip(np.r_[0, cut], np.r_[cut, len(arr)]):
+            if b <= a: continue
+            body = b'\n'.join(orjson.dumps({'device_id': dev[i], 'ts': ts[i], 'sensor': sen[i], 'value': None if np.isnan(val[i]) else float(val[i])})
+                              for i in range(a, b))
+            yield pd.Timestamp(int(arr[b - 1]), unit='us', tz='UTC'), body
+
+def run_replay_http(spec:FleetSpec, url:str, token:str, speed:float, seconds:float, on_tick=None) -> Sent:
+    "POST the replayed readings (NDJSON) to `url`/v1/readings, one body per real second, for at most `seconds`."
+    import httpx
+    out = Sent(); it = replay_batches(spec, speed)
+    with httpx.Client(base_url=url, headers={'Authorization': f'Bearer {token}', 'content-type': 'application/x-ndjson'}, timeout=60) as c:
+        def send():
+            try: sim_t, body = next(it)
+            except StopIteration: raise KeyboardInterrupt from None     # the replayed days are over
+            r = c.post('/v1/readings', content=body)
+            n = body.count(b'\n') + 1
+            out.messages += 1; out.readings += n
+            if r.status_code == 200: out.acked += 1
+            else: out.errors += 1
+            if on_tick is not None: on_tick(sim_t, out)
+        out.seconds = _pace(1.0, seconds, send)
     return out
