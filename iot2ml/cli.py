@@ -376,3 +376,7 @@ def import_(ctx, file, fmt, columns, device, sensor, assume_tz, rows):
             acc += out.accepted; rej += len(out.errors); bar.update(len(df))
     click.echo(f"Imported {acc:,} records from {path}; {rej:,} rejected" + (f" (see {s.path('state_dir')/'deadletter'})" if rej else '') + ".")
     if acc: click.echo("Run `iot2ml lake process` to bring them into the processed tier.")
+
+# %% ../nbs/09_cli.ipynb #0eda5379
+from .models_cli import models as _models, retrain_cmd as _retrain, drift_cmd as _drift, scheduler_cmd as _scheduler
+for _name, _cmd in (('models', _models), ('retrain', _retrain), ('drift', _drift), ('scheduler', _scheduler)): cli.add_command(_cmd, _name)
