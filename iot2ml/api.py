@@ -4,20 +4,24 @@ Hand-written (a server: routes, limits and error mapping read better as one file
 `Service` as the MQTT ingester, so every path validates, routes and stores readings alike.
 
 Endpoints: `POST /v1/readings` (JSON, NDJSON or CSV; one reading or a batch; long or wide), latest state
-(`GET /v1/devices/{id}/latest`, `GET /v1/latest`), `GET /healthz` (no token), `GET /metrics` (Prometheus text)
+(`GET /v1/devices/{id}/latest`, `GET /v1/latest`), predictions of the champion model (`POST /v1/predict`), the
+newest stream scores (`GET /v1/scores`), `GET /healthz` (no token), `GET /metrics` (Prometheus text)
 and the OpenAPI docs at `/docs`. Everything but the health check needs `Authorization: Bearer <token>`.
 """
 from __future__ import annotations
 import asyncio, gc, time
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .config import Settings, load_settings
 from .parse import ParseError, parse_body
 from .registry import AuthError, Registry, authenticate
+from .scoring import NO_CHAMPION, BadRows, NoChampion, latest_scores
 from .service import RateLimited, Service
 from .spool import SpoolFull
 
@@ -28,6 +32,38 @@ _READING = {'type': 'object', 'description': 'A reading: long (sensor, value) or
     'ts': {'oneOf': [{'type': 'string', 'example': '2026-01-01T00:00:00Z'}, {'type': 'number', 'description': 'epoch s, ms, us or ns'}]},
     'sensor': {'type': 'string', 'example': 'flow'}, 'value': {'type': 'number', 'example': 12.5},
     'unit': {'type': 'string'}, 'quality': {'type': 'integer', 'minimum': 0, 'maximum': 255}}, 'additionalProperties': True}
+
+class PredictRequest(BaseModel):
+    "Either feature rows or device ids, not both."
+    model_config = ConfigDict(extra='forbid', json_schema_extra={'examples': [{'devices': ['pump-0001']},
+                                                                            {'rows': [{'device_id': 'pump-0001', 'ts': '2026-01-14T23:00:00Z', 'flow_mean': 41.2, '...': 0.0}]}]})
+    rows: list[dict[str, Any]]|None = Field(None, max_length=10_000, description="feature rows: every column of the model card's `features` (null for unknown), optionally `device_id` and `ts`")
+    devices: list[str]|None = Field(None, min_length=1, max_length=1_000, description="device ids: features are built from their newest interval in latest state")
+    @model_validator(mode='after')
+    def _one(self):
+        if (self.rows is None) == (self.devices is None): raise ValueError('send either "rows" (feature rows) or "devices" (device ids), not both or neither')
+        return self
+
+class Prediction(BaseModel):
+    device_id: str|None = Field(None, description="the device (given in the row, or asked for)")
+    ts: str|None = Field(None, description="start of the feature interval the prediction is for")
+    risk: float = Field(description="probability of a failure within the model's horizon")
+    alert: int = Field(description="1 when risk reaches the model's alert threshold")
+    rul_hours: float|None = Field(None, description="remaining useful life estimate, when the model has one")
+    anomaly: float|None = Field(None, description="anomaly score, when the model has a detector")
+    model_version: str = Field(description="registry version of the model that answered")
+
+class PredictError(BaseModel):
+    device_id: str; status: int = Field(description="404: unknown device or not enough history"); error: str
+
+class PredictResponse(BaseModel):
+    model_version: str = Field(description="the champion version that answered")
+    predictions: list[Prediction]
+    errors: list[PredictError] = Field(description="devices that could not be scored, and why")
+
+class Score(BaseModel):
+    device_id: str; ts: str = Field(description="start of the feature interval scored"); scored_at: str; model_version: str|None
+    risk: float|None; alert: int|None; rul_hours: float|None; anomaly: float|None
 
 def _tune_gc() -> None:
     """Tune Python's cyclic garbage collector for a long-running server. A body of 1,000 readings is 1,000 dicts, and with
@@ -49,6 +85,7 @@ def create_app(settings:Settings|None=None, service:Service|None=None) -> FastAP
     @asynccontextmanager
     async def lifespan(app):
         if own: svc.start(); _tune_gc()   # the process is this server: tune its garbage collector
+        await asyncio.to_thread(lambda: svc.predictor)   # load the champion now, not in the first request
         yield
         if own: await asyncio.to_thread(svc.close)
 
@@ -118,7 +155,37 @@ def create_app(settings:Settings|None=None, service:Service|None=None) -> FastAP
         "Newest value per sensor by event time, when the device was last heard from, and whether it is online."
         d = await asyncio.to_thread(svc.state.device, device_id)
         if d is None: raise HTTPException(404, f"no readings from device {device_id!r} yet; check the id (iot2ml devices list)")
+        sc = await asyncio.to_thread(lambda: latest_scores(svc.predictor.con(), [device_id]))
+        d['score'] = sc[0] if sc else None
         return d
+
+    @app.post('/v1/predict', summary='Failure risk from the champion model', response_model=PredictResponse, responses={
+        401: {'description': 'no or unknown token'}, 403: {'description': 'revoked token'},
+        422: {'description': 'bad body, or rows that lack feature columns (named)'},
+        503: {'description': 'no champion model yet (promote one), or latest state does not fit the model'}})
+    async def predict(body:PredictRequest, who=Depends(principal)):
+        """Risk, alert, RUL and anomaly score per feature row (`{"rows": [...]}`) or per device (`{"devices": [...]}`: features
+        from the device's newest interval in latest state). Devices that cannot be scored come back in `errors` (status 404:
+        unknown, or less history than the model's features need). Answered by the champion, which reloads by itself when
+        another version is promoted."""
+        pr = svc.predictor; c = pr.champion.current
+        if c is None: raise HTTPException(503, NO_CHAMPION)
+        try:
+            if body.devices is not None:
+                preds, errors = pr.cached(body.devices, c), []
+                if preds is None: preds, errors = await asyncio.to_thread(pr.devices, body.devices, c)
+            else: preds, errors = await asyncio.to_thread(pr.rows, body.rows, c), []
+        except BadRows as e: raise HTTPException(422, str(e)) from None
+        except NoChampion as e: raise HTTPException(503, str(e)) from None
+        svc.count(200)
+        return Response(orjson.dumps({'model_version': c.version, 'predictions': preds, 'errors': errors}), media_type='application/json')
+
+    @app.get('/v1/scores', summary='Newest stream score per device', response_model=list[Score])
+    async def scores(alert:int|None=Query(None, ge=0, le=1, description='only devices with this alert (1: alerting)'),
+                     device:list[str]|None=Query(None, description='only these devices'), who=Depends(principal)):
+        "The newest score per device from streaming scoring (`[scoring] enabled`), with the model version that scored it."
+        out = await asyncio.to_thread(lambda: latest_scores(svc.predictor.con(), device, alert))
+        return Response(orjson.dumps(out), media_type='application/json')
 
     @app.get('/v1/latest', summary='Latest values of many devices')
     async def latest(sensor:str|None=Query(None, description='only this sensor'),
@@ -180,4 +247,22 @@ def prometheus_text(svc:Service) -> str:
     metric('fsyncs_total', 'counter', 'fsyncs of the spool (group commits).', [({}, w['fsyncs'])])
     metric('spool_full_total', 'counter', 'Appends refused by backpressure.', [({}, w['spool_full'])])
     metric('latest_state_dropped_total', 'counter', 'Batches the latest-state updater could not apply.', [({}, svc.updater.errors)])
+    pr = svc._predictor
+    if pr is not None:
+        ch = pr.champion; c = ch.current
+        metric('model_info', 'gauge', 'The champion model version serving (label version; 0 when there is none).',
+               [({'version': c.version}, 1)] if c else [({'version': 'none'}, 0)])
+        metric('model_reloads_total', 'counter', 'Champion bundles loaded (hot reloads).', [({}, ch.reloads)])
+        metric('model_reload_failures_total', 'counter', 'Champion bundles that failed to load (the old one kept serving).', [({}, ch.failures)])
+        metric('predictions_total', 'counter', 'Predictions served by /v1/predict and streaming scoring.', [({}, pr.served)])
+        metric('prediction_cache_hits_total', 'counter', 'Device predictions answered from the cache (state unchanged).', [({}, pr.cache_hits)])
+    sc = svc.scorer
+    if sc is not None:
+        metric('scoring_passes_total', 'counter', 'Streaming scoring passes.', [({}, sc.passes)])
+        metric('scoring_devices_scored_total', 'counter', 'Devices scored by streaming scoring.', [({}, sc.scored)])
+        metric('scoring_devices_skipped_total', 'counter', 'Devices not scored, by reason.',
+               [({'reason': k}, v) for k, v in sorted(sc.skipped.items())] or [({'reason': 'none'}, 0)])
+        metric('scoring_last_pass_seconds', 'gauge', 'Duration of the last scoring pass.', [({}, round(sc.last_pass_seconds, 4))])
+        metric('scoring_pending_devices', 'gauge', 'Devices marked for the next pass.', [({}, sc.pending)])
+        metric('scoring_errors_total', 'counter', 'Scoring passes that failed.', [({}, sc.errors)])
     return '\n'.join(lines) + '\n'

@@ -5,6 +5,10 @@ settings, the lake, the write-ahead spool and lake writer, the latest-state stor
 dead-letter store, the ingestor (validation, routes, transforms) and the per-credential rate limiter, and it
 keeps the counters that `/metrics` exposes. Every face calls `Service.ingest`, so HTTP, MQTT and file imports
 validate, route and store readings the same way.
+
+Model serving (iot2ml.scoring) is wired here too, so HTTP and MQTT get it alike: `Service.predictor` (the champion,
+hot-reloaded, with its caches; built on first use) answers /v1/predict; with `[scoring] enabled`, readings that go to
+'latest' also go to 'score', whose hook marks their devices for the `Scorer`'s next pass.
 """
 from __future__ import annotations
 import concurrent.futures, json, logging, math, threading, time
@@ -15,7 +19,7 @@ from typing import Callable
 
 import pandas as pd, pyarrow as pa
 
-from .config import Settings, load_settings
+from .config import ScoringSettings, Settings, load_settings
 from .ingest import DeadLetters, Ingestor, Outcome, Route
 from .lake import Lake
 from .parse import Parsed
@@ -77,7 +81,8 @@ class Service:
     # Latest-state updates per second, on average and at once: an update has a fixed cost of several ms, and run for
     # every request under load it took half the GIL from ingestion. Past the burst, batches wait and go as one.
     latest_rate, latest_burst = 5.0, 10.0
-    def __init__(self, settings:Settings|None=None, writer_id:str|None=None, hooks:dict[str, Callable[[pa.Table], None]]|None=None):
+    def __init__(self, settings:Settings|None=None, writer_id:str|None=None, hooks:dict[str, Callable[[pa.Table], None]]|None=None,
+                 scoring:ScoringSettings|None=None):   # default: the settings' [scoring]
         s = self.settings = settings or load_settings()
         ing = s.ingest; state_dir = s.path('state_dir')
         self.lake = Lake.from_settings(s)
@@ -97,6 +102,42 @@ class Service:
         self._info = None
         self.registry = None   # set by the faces that authenticate (HTTP); None means trust the transport (MQTT ACLs)
         self.started = time.time()
+        self.scoring = scoring or getattr(s, 'scoring', None) or ScoringSettings()
+        self._predictor, self.scorer = None, None
+        if self.scoring.enabled: self._wire_scoring(wid)
+
+    def _registry_dir(self) -> Path:
+        reg = getattr(self.settings, 'registry', None)
+        p = Path(reg.dir) if reg is not None else Path('state')/'registry'
+        return p if p.is_absolute() else self.settings.path('root')/p
+
+    @property
+    def predictor(self):
+        "The champion model and its caches (iot2ml.scoring.Predictor), built on first use."
+        if self._predictor is None:
+            with self._lock:
+                if self._predictor is None:
+                    from .scoring import Champion, Predictor
+                    from .mlregistry import ModelRegistry
+                    from .features import FeatureSpec
+                    from .config import Params, load_params
+                    pf = self.settings.path('root')/'params.yaml'
+                    prm = load_params(pf) if pf.exists() else Params()
+                    spec = FeatureSpec(every=prm.prepare.every, min_coverage=prm.prepare.min_coverage, windows=list(prm.features.windows),
+                                       normal_window=prm.features.normal_window, lags=list(prm.features.lags))
+                    champ = Champion(ModelRegistry(self._registry_dir()), self.scoring.reload_check, fallback_spec=spec)
+                    self._predictor = Predictor(champ, self.state.path, bucket=self.settings.ingest.bucket)
+        return self._predictor
+
+    def _wire_scoring(self, writer_id:str) -> None:
+        "Send what goes to 'latest' to 'score' too; its hook marks the devices for the scorer."
+        from .scoring import Scorer
+        self.scorer = Scorer(self.predictor, self.lake, dataset=self.scoring.dataset, interval=self.scoring.interval, writer_id=writer_id)
+        self.hooks.setdefault('score', self.scorer.mark)
+        ing = self.ingestor
+        if 'latest' in ing.default_to and 'score' not in ing.default_to: ing.default_to.append('score')
+        for r in ing.routes:
+            if 'latest' in r.to and 'score' not in r.to: r.to = [*r.to, 'score']
 
     def device_info(self) -> dict[str, tuple]:
         "device_id -> (type, site) from the registry, refreshed at most every 5 s."
@@ -110,8 +151,10 @@ class Service:
         return {d: t for d, (t, _) in self.device_info().items()}
 
     def start(self) -> 'Service':
-        "Replay the spool into the lake and start the writer."
-        self.writer.start(); return self
+        "Replay the spool into the lake and start the writer (and the scorer, if scoring is enabled)."
+        self.writer.start()
+        if self.scorer is not None: self.scorer.start()
+        return self
 
     def close(self) -> None:
         "Land everything accepted, stop the threads."
@@ -119,6 +162,8 @@ class Service:
         with self._lock: t = self._latest_timer
         if t is not None: t.cancel()
         self._flush_latest(); self.updater.close()
+        if self.scorer is not None: self.scorer.close()   # a last pass, now that latest state holds everything
+        if self._predictor is not None: self._predictor.champion.close()
 
     def _on_flush(self, info:dict) -> None:
         log.info("landed a batch in the lake", extra={k: info.get(k) for k in ('batch_id', 'rows', 'seconds', 'lag') if k in info})
