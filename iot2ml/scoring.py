@@ -10,9 +10,12 @@ changes, the new bundle is loaded and tried on one row *before* one reference (`
 reads that reference once and uses that one model to the end, so no request sees a half-loaded model. A bundle that fails
 to load is logged and the old one keeps serving.
 
-Caches: per device a key from latest state (the newest reading's event time and arrival time, which change whenever
-readings are folded in); the feature row is kept per (device, key, feature spec) and the prediction per (device, key,
-model version). A request for a device whose state did not change costs one SQLite primary-key lookup.
+Which interval a device is scored at: its newest *complete* one, the interval before the one holding its newest reading
+(the model was trained on complete intervals; a half-filled current hour would look to it like missing sensors). So the
+feature row and the prediction of a device change once per interval: they are cached per (device, interval, feature
+spec) and (device, interval, model version), and a request for a device costs one SQLite primary-key lookup (its newest
+reading time) unless a new interval completed or another champion was promoted. Late readings of an interval already
+scored do not refresh its cached score.
 """
 from __future__ import annotations
 import logging, math, sqlite3, threading, time
@@ -216,18 +219,18 @@ class Predictor:
 
     def con(self) -> sqlite3.Connection: return self.state().con
 
-    def keys(self, ids:list[str]) -> dict[str, tuple]:
-        "Per device a key that changes whenever readings of it are folded into latest state; devices with none are left out."
-        con = self.con()
+    def keys(self, ids:list[str]) -> dict[str, int]:
+        "Per device the interval to score (epoch us): the newest complete one, before its newest reading's; devices with no data are left out."
+        con, b = self.con(), self.bucket_us
         if len(ids) == 1:
-            r = con.execute("SELECT ts, arrival FROM seen WHERE device_id=?", (ids[0],)).fetchone()
-            out = {ids[0]: r} if r is not None else {}
-        else: out = {d: (t, a) for d, t, a in con.execute(f"SELECT device_id, ts, arrival FROM seen WHERE device_id IN ({','.join('?' * len(ids))})", ids)}
-        for d in ids:   # buckets without readings (warmed from the lake): key on the buckets themselves
-            if d not in out:
-                r = con.execute("SELECT count(*), max(ts) FROM buckets WHERE device_id=?", (d,)).fetchone()
-                if r[0]: out[d] = ('buckets',) + tuple(r)
-        return out
+            r = con.execute("SELECT ts FROM seen WHERE device_id=?", (ids[0],)).fetchone()
+            newest = {ids[0]: r[0]} if r is not None else {}
+        else: newest = dict(con.execute(f"SELECT device_id, ts FROM seen WHERE device_id IN ({','.join('?' * len(ids))})", ids).fetchall())
+        for d in ids:   # buckets without readings (warmed from the lake): their newest bucket
+            if d not in newest:
+                r = con.execute("SELECT max(ts) FROM buckets WHERE device_id=?", (d,)).fetchone()
+                if r[0] is not None: newest[d] = r[0]
+        return {d: t - t % b - b for d, t in newest.items()}
 
     def cached(self, ids:list[str], c:Loaded) -> list[dict]|None:
         "The predictions for `ids` if every one is cached for its current state and `c`'s version, else None (cheap)."
@@ -262,14 +265,14 @@ class Predictor:
             ok = []
             for d in todo:
                 if d not in span: out[d] = (404, _UNKNOWN.format(d=d))
-                elif span[d][1] - span[d][0] + self.bucket_us < hist:
-                    out[d] = (404, _SHORT.format(d=d, have=_hours(span[d][1] - span[d][0] + self.bucket_us), need=_hours(hist)))
+                elif keys[d] - span[d][0] + self.bucket_us < hist:
+                    out[d] = (404, _SHORT.format(d=d, have=_hours(max(0, keys[d] - span[d][0] + self.bucket_us)), need=_hours(hist)))
                 else: ok.append(d)
             if ok:
-                start = min(span[d][1] for d in ok) - hist
+                start = min(keys[d] for d in ok) - hist
                 w = self.state().window(ok, start=pd.Timestamp(start, unit='us', tz='UTC'))
-                first = w['device_id'].map({d: span[d][1] - hist for d in ok})
-                w = w[w['ts'].astype('datetime64[us, UTC]').astype('int64').to_numpy() >= first.to_numpy()]
+                t = w['ts'].astype('datetime64[us, UTC]').astype('int64').to_numpy(); last = w['device_id'].map(keys).to_numpy('int64')
+                w = w[(t >= last - hist) & (t <= last)]   # each device's own window, up to its newest complete interval
                 f = online_features(w, spec)
                 missing = [x for x in c.features if x not in f.columns]
                 if missing:
@@ -278,6 +281,8 @@ class Predictor:
                         log.warning("online features lack some model columns (a sensor no device sent?); they are left empty", extra={'version': c.version, 'missing': missing[:10]})
                     f = f.reindex(columns=list(f.columns) + missing)
                 for d, row in f.groupby(level='device_id', sort=False): out[d] = row
+                for d in ok:
+                    if d not in out: out[d] = (404, _SHORT.format(d=d, have='no complete interval', need=_hours(hist)))
             if len(self._feat) > self.max_cache: self._feat.clear()
             for d in todo:
                 if d in keys: self._feat[d] = (keys[d], sid, out[d])
@@ -360,6 +365,7 @@ class Scorer:
         self.predictor, self.lake, self.dataset, self.interval = predictor, lake, dataset, interval
         self.writer_id, self.chunk, self.max_wait = writer_id, chunk, max_wait
         self._dirty: dict[str, int] = {}; self._waits: dict[str, int] = {}
+        self._last: dict[str, tuple] = {}   # device -> (interval, version) of the last score written
         self._lock, self._stop, self._thread, self._pass_lock = threading.Lock(), threading.Event(), None, threading.Lock()
         self.passes = self.scored = self.errors = self.rows_written = 0
         self.skipped: dict[str, int] = {}
@@ -402,7 +408,8 @@ class Scorer:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
 
     def run_once(self, force:bool=False) -> int:
-        "One pass: score the marked devices whose readings latest state holds; returns the devices scored."
+        """One pass: score the marked devices whose readings latest state holds; returns the scores written. A device's score
+        is written when its newest complete interval or the model version changed since its last one."""
         with self._pass_lock:
             t0 = time.perf_counter()
             with self._lock: dirty, self._dirty = self._dirty, {}
@@ -415,7 +422,12 @@ class Scorer:
                 p, errs = self.predictor.devices(ready[i:i + self.chunk], c)
                 preds += p
                 for e in errs: self._skip('unknown_device' if 'no readings' in e['error'] else 'not_enough_history')
-            if preds: self._write(preds)
+            new = [p for p in preds if self._last.get(p['device_id']) != (p['ts'], p['model_version'])]
+            if len(new) < len(preds): self._skip('unchanged', len(preds) - len(new))
+            preds = new
+            if preds:
+                self._write(preds)
+                for p in preds: self._last[p['device_id']] = (p['ts'], p['model_version'])
             self.passes += 1; self.scored += len(preds); self.last_version = c.version
             self.last_pass_seconds = time.perf_counter() - t0
             return len(preds)

@@ -109,7 +109,7 @@ def test_predict_by_rows_and_by_devices_agrees_with_batch(ws, bundles, make_serv
     out = r.json()
     assert out['model_version'] == 'v1' and out['errors'] == [] and [p['device_id'] for p in out['predictions']] == devices
     preds = out['predictions']
-    assert {p['ts'] for p in preds} == {'2026-01-14T23:00:00+00:00'}     # the newest interval of the lake
+    assert {p['ts'] for p in preds} == {'2026-01-14T22:00:00+00:00'}     # the newest complete interval (23:00 may still fill)
     assert all(p['model_version'] == 'v1' and p['alert'] in (0, 1) for p in preds)
     want = batch_risk(ws, bundles[0], [(p['device_id'], p['ts']) for p in preds])
     np.testing.assert_allclose([p['risk'] for p in preds], want, rtol=1e-9)   # online features == batch features
@@ -143,7 +143,7 @@ def test_errors(bundles, make_server):
     assert [p['device_id'] for p in out['predictions']] == ['pump-0001']
     errs = {e['device_id']: e for e in out['errors']}
     assert errs['nope-1']['status'] == 404 and "no readings from device 'nope-1'" in errs['nope-1']['error']
-    assert errs['pump-0099']['status'] == 404 and 'has 2 h of history' in errs['pump-0099']['error'] and 'need 241 h' in errs['pump-0099']['error']
+    assert errs['pump-0099']['status'] == 404 and 'has 1 h of history' in errs['pump-0099']['error'] and 'need 241 h' in errs['pump-0099']['error']
     # rows without the model's columns: 422 naming them
     r = s.predict({'rows': [{'device_id': 'pump-0001', 'flow_mean': 3.0}]})
     assert r.status_code == 422 and 'bearing_temp_coverage' in r.json()['error'] and 'feature columns' in r.json()['error']
@@ -208,7 +208,7 @@ def test_streaming_scoring_writes_lake_and_latest_state(bundles, make_server):
         except Exception: return None
         return df if set(df['device_id']) >= {'pump-0001', 'pump-0002', 'pump-0003'} else None
     df = wait_for(scored, 15, 'scores in the lake')
-    assert set(df['model_version']) == {'v1'} and (df['ts'] == pd.Timestamp('2026-01-15', tz='UTC')).all()
+    assert set(df['model_version']) == {'v1'} and (df['ts'] == pd.Timestamp('2026-01-14 23:00', tz='UTC')).all()   # 23:00 is complete now
     assert df['risk'].between(0, 1).all() and set(df['alert']) <= {0, 1} and df['scored_at'].notna().all()
     assert {'device_id', 'ts', 'scored_at', 'model_version', 'risk', 'alert', 'rul_hours', 'anomaly'} <= set(df.columns)
     assert 'raw/scores' in json.loads((s.settings.lake_dir/'catalog.json').read_text())
@@ -217,7 +217,7 @@ def test_streaming_scoring_writes_lake_and_latest_state(bundles, make_server):
     assert {x['device_id'] for x in sc} == {'pump-0001', 'pump-0002', 'pump-0003'} and {x['model_version'] for x in sc} == {'v1'}
     assert {x['device_id'] for x in s.http.get('/v1/scores', params={'alert': 1}).json()} == {x['device_id'] for x in sc if x['alert'] == 1}
     d = s.http.get('/v1/devices/pump-0002/latest').json()
-    assert d['score']['model_version'] == 'v1' and d['score']['ts'] == '2026-01-15T00:00:00+00:00'
+    assert d['score']['model_version'] == 'v1' and d['score']['ts'] == '2026-01-14T23:00:00+00:00'
     # the same scores the API gives for the same devices and state
     p = {x['device_id']: x for x in s.predict({'devices': ['pump-0001', 'pump-0002', 'pump-0003']}).json()['predictions']}
     assert all(abs(p[x['device_id']]['risk'] - x['risk']) < 1e-12 for x in sc)

@@ -1,0 +1,207 @@
+"""Inference: `POST /v1/predict` latency and throughput, and what streaming scoring costs ingestion, on a real server.
+
+Setup (once): the example workspace (`iot2ml.pipeline.example_workspace('evaluate')`: 8 pumps x 14 days, a trained bundle)
+gives a latest-state file fed with every reading of its lake and a model registry with that bundle as champion. Each run
+copies them into a fresh project and starts the API (the `iot2ml serve` app: `create_app` + `Service`, one uvicorn worker)
+in its own process on a free loopback port.
+
+1. Open loop: one device per request (`{"devices": ["pump-000k"]}`, k cycling over the 8 pumps) sent at a fixed `--rate`
+   (default 200 req/s) for `--seconds` (20) from an asyncio client with a pool of keep-alive connections; latency is
+   measured from each request's scheduled send time (no coordinated omission). p50/p99, achieved rate, errors.
+2. Closed loop: `wrk` with `--connections` connections, the same one-device body: the most requests/s the server answers.
+3. Ingestion with streaming scoring on vs off: `wrk` posting a body of 1,000 readings of the 8 pumps (the hour after the
+   lake ends) for `--ingest-seconds`; scoring passes every `--interval` s (every pass re-scores the 8 devices, whose state
+   changed). Ratio of readings/s on / off (goal >= 0.8).
+Medians of `--runs` runs. `wrk` is installed with apt-get when missing (needs root).
+
+Example:
+  python bench/bench_predict.py                      # 3 runs: 20 s open loop at 200 req/s, 10 s closed loop, 10 s ingestion x2
+  python bench/bench_predict.py --runs 1 --seconds 5 --ingest-seconds 5
+"""
+import argparse, asyncio, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+import orjson, pandas as pd, pyarrow as pa
+
+BIN = Path(sys.executable).parent
+DEVICES = [f"pump-{i:04d}" for i in range(1, 9)]
+
+def free_port() -> int:
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def ensure_wrk() -> str:
+    if shutil.which('wrk'): return shutil.which('wrk')
+    if os.geteuid() != 0: sys.exit("wrk is not installed and this is not root; run: sudo apt-get install -y wrk")
+    subprocess.run(['apt-get', 'install', '-y', '-qq', 'wrk'], check=True, stdout=subprocess.DEVNULL, env=os.environ | {'DEBIAN_FRONTEND': 'noninteractive'})
+    return shutil.which('wrk')
+
+def prepare(base:Path) -> Path:
+    "A template project: latest state fed from the example lake, the example bundle registered and promoted."
+    from iot2ml.features import FeatureSpec
+    from iot2ml.lake import Lake
+    from iot2ml.mlregistry import ModelRegistry
+    from iot2ml.models import load_model, save_model
+    from iot2ml.pipeline import example_workspace
+    from iot2ml.state import LatestState
+    ws = example_workspace('evaluate')
+    t = base/'template'; (t/'state').mkdir(parents=True)
+    m = load_model(ws['model_dir'])
+    if getattr(m, 'feature_spec', None) is None:   # bundles made before the spec was kept in them
+        m.feature_spec = FeatureSpec(expected=json.loads((ws['prepared_dir']/'summary.json').read_text())['expected_per_interval'])
+    save_model(m, base/'bundle')
+    reg = ModelRegistry(t/'state'/'registry'); reg.promote(reg.register(base/'bundle'), reason='benchmark')
+    st = LatestState(t/'state'/'latest.sqlite', window='30D')
+    r = Lake(ws['lake_dir'], ws['reference_dir'], fsync=False).read('telemetry', tier='processed')
+    st.update(pa.Table.from_pandas(r[['device_id', 'sensor', 'ts', 'value']], preserve_index=False))
+    st.con.execute('PRAGMA wal_checkpoint(TRUNCATE)'); st.con.close()
+    return t
+
+class Server:
+    "The API in its own process (this script's `serve` mode) in a copy of the template project."
+    def __init__(self, template:Path, base:Path, score:bool, interval:float):
+        self.root, self.port = base, free_port()
+        shutil.copytree(template, base)
+        (base/'iot2ml.toml').write_text(f"[ingest]\nport = {self.port}\nrate_limit = 1e12\nrate_burst = 1e12\nmax_body_bytes = 67108864\nwindow = '30D'\n")
+        from iot2ml.registry import Registry
+        self.token = Registry(base/'state'/'registry.sqlite').add_admin('bench').token
+        self.url = f'http://127.0.0.1:{self.port}'; self.score, self.interval = score, interval
+    def start(self):
+        import httpx
+        self.log = open(self.root/'serve.log', 'ab')
+        self.proc = subprocess.Popen([sys.executable, __file__, 'serve', str(self.root), '--interval', str(self.interval)] + (['--score'] if self.score else []),
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        for _ in range(600):
+            try:
+                if httpx.get(self.url + '/healthz', timeout=0.5).status_code == 200: return self
+            except httpx.HTTPError: pass
+            if self.proc.poll() is not None: break
+            time.sleep(0.05)
+        raise RuntimeError(f"the server did not start: {(self.root/'serve.log').read_text()[-2000:]}")
+    def metrics(self) -> dict:
+        import httpx
+        txt = httpx.get(self.url + '/metrics', headers={'Authorization': f'Bearer {self.token}'}, timeout=10).text
+        return {l.rsplit(' ', 1)[0]: float(l.rsplit(' ', 1)[1]) for l in txt.splitlines() if l and not l.startswith('#')}
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM); self.proc.wait(120); self.log.close()
+
+def serve(root:Path, score:bool, interval:float):
+    "Server mode: the `iot2ml serve` app, with streaming scoring on or off."
+    import uvicorn
+    from iot2ml.api import create_app, _tune_gc
+    from iot2ml.config import ScoringSettings, load_settings
+    from iot2ml.service import Service
+    s = load_settings(root/'iot2ml.toml')
+    svc = Service(s, scoring=ScoringSettings(enabled=score, interval=interval)).start(); _tune_gc()
+    try: uvicorn.run(create_app(s, svc), host='127.0.0.1', port=s.ingest.port, log_level='warning', access_log=False, log_config=None)
+    finally: svc.close()
+
+async def open_loop(port:int, token:str, rate:float, seconds:float, conns:int=32) -> dict:
+    "Send one-device requests at `rate`/s for `seconds`; latency from each request's scheduled time."
+    bodies = [orjson.dumps({'devices': [d]}) for d in DEVICES]
+    reqs = [(f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+             f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
+    pool = asyncio.Queue()
+    for _ in range(conns): pool.put_nowait(await asyncio.open_connection('127.0.0.1', port))
+    lat, errors, versions = [], 0, set()
+    async def one(i:int, t_sched:float):
+        nonlocal errors
+        r, w = await pool.get()
+        try:
+            w.write(reqs[i % len(reqs)])
+            head = await r.readuntil(b'\r\n\r\n')
+            n = int(next(l.split(b':')[1] for l in head.split(b'\r\n') if l.lower().startswith(b'content-length')))
+            body = await r.readexactly(n)
+            lat.append(time.perf_counter() - t_sched)
+            if not head.startswith(b'HTTP/1.1 200'): errors += 1
+            else: versions.add(orjson.loads(body)['model_version'])
+        except Exception: errors += 1; r, w = await asyncio.open_connection('127.0.0.1', port)
+        finally: pool.put_nowait((r, w))
+    n = int(rate * seconds); tasks = []; t0 = time.perf_counter() + 0.1
+    for i in range(n):
+        t = t0 + i / rate
+        d = t - time.perf_counter()
+        if d > 0: await asyncio.sleep(d)
+        tasks.append(asyncio.create_task(one(i, t)))
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - t0
+    while not pool.empty(): pool.get_nowait()[1].close()
+    lat.sort(); q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3
+    return dict(requests=n, achieved=len(lat) / wall, errors=errors, p50_ms=q(0.5), p99_ms=q(0.99), max_ms=lat[-1] * 1e3, versions=sorted(versions))
+
+LUA = """
+wrk.method = "POST"; wrk.body = %s
+wrk.headers["Content-Type"] = "application/json"; wrk.headers["Authorization"] = "Bearer %s"
+done = function(summary, latency, requests)
+  io.write(string.format('\\nRESULT {"requests":%%d,"duration_us":%%d,"errors":%%d,"p50_us":%%d,"p99_us":%%d}\\n', summary.requests, summary.duration,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+def wrk_run(wrk:str, srv:Server, path:str, body:bytes, seconds:int, conns:int) -> dict:
+    (srv.root/'body.json').write_bytes(body)
+    script = srv.root/'post.lua'; script.write_text(LUA % (json.dumps(body.decode()), srv.token))
+    p = subprocess.run([wrk, '-t1', f'-c{conns}', f'-d{seconds}s', '--timeout', '30s', '-s', str(script), srv.url + path], capture_output=True, text=True)
+    line = [l for l in p.stdout.splitlines() if l.startswith('RESULT ')]
+    if p.returncode or not line: raise RuntimeError(f"wrk failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    r = json.loads(line[-1][7:]); r['rate'] = (r['requests'] - r['errors']) / (r['duration_us'] / 1e6)
+    return r
+
+def readings_body(n:int=1000) -> bytes:
+    "`n` long readings of the 8 pumps in the hour after the example lake ends (so the latest-state features move)."
+    sensors = ['flow', 'power', 'vibration_rms', 'motor_current', 'bearing_temp', 'discharge_pressure', 'suction_pressure']
+    t0 = pd.Timestamp('2026-01-15', tz='UTC'); out = []
+    for i in range(n):
+        d, s = DEVICES[i % 8], sensors[(i // 8) % len(sensors)]
+        out.append({'device_id': d, 'ts': (t0 + pd.Timedelta(seconds=i)).strftime('%Y-%m-%dT%H:%M:%SZ'), 'sensor': s, 'value': 10 + i % 17})
+    return orjson.dumps(out)
+
+def main(a):
+    wrk = ensure_wrk()
+    base = Path(tempfile.mkdtemp(prefix='iot2ml-predict-bench-', dir=a.dir))
+    try:
+        template = prepare(base); k = 0
+        def server(score=False):
+            nonlocal k; k += 1
+            return Server(template, base/f'run{k}', score, a.interval).start()
+        opens, closed, ing = [], [], {'off': [], 'on': []}
+        for i in range(a.runs):
+            srv = server()
+            try:
+                asyncio.run(open_loop(srv.port, srv.token, a.rate, 2))          # warm-up: connections, caches
+                o = asyncio.run(open_loop(srv.port, srv.token, a.rate, a.seconds)); opens.append(o)
+                c = wrk_run(wrk, srv, '/v1/predict', orjson.dumps({'devices': [DEVICES[0]]}), a.closed_seconds, a.connections); closed.append(c)
+            finally: srv.stop()
+            print(f"run {i + 1}: open loop {a.rate:.0f} req/s for {a.seconds} s: achieved {o['achieved']:.1f} req/s, p50 {o['p50_ms']:.2f} ms, "
+                  f"p99 {o['p99_ms']:.2f} ms, max {o['max_ms']:.1f} ms, {o['errors']} errors (model {','.join(o['versions'])}); "
+                  f"closed loop (wrk -c{a.connections}): {c['rate']:,.0f} req/s, p50 {c['p50_us'] / 1e3:.2f} ms, p99 {c['p99_us'] / 1e3:.2f} ms, {c['errors']} errors", flush=True)
+            body = readings_body()
+            for mode in ('off', 'on'):
+                srv = server(mode == 'on')
+                try:
+                    r = wrk_run(wrk, srv, '/v1/readings', body, a.ingest_seconds, 16); m = srv.metrics()
+                finally: srv.stop()
+                r['readings_per_s'] = r['rate'] * 1000; r['passes'] = m.get('iot2ml_scoring_passes_total', 0)
+                r['scored'] = m.get('iot2ml_scoring_devices_scored_total', 0); ing[mode].append(r)
+                print(f"        ingestion, scoring {mode}: {r['readings_per_s']:,.0f} readings/s, p99 {r['p99_us'] / 1e3:.1f} ms, {r['errors']} errors"
+                      + (f"; {r['passes']:.0f} passes, {r['scored']:.0f} devices scored" if mode == 'on' else ''), flush=True)
+        med = lambda rs, k: statistics.median(r[k] for r in rs)
+        off, on = med(ing['off'], 'readings_per_s'), med(ing['on'], 'readings_per_s')
+        print(f"median: open loop {a.rate:.0f} req/s -> achieved {med(opens, 'achieved'):.1f} req/s, p50 {med(opens, 'p50_ms'):.2f} ms, "
+              f"p99 {med(opens, 'p99_ms'):.2f} ms (goal <= 20 ms), errors {sum(o['errors'] for o in opens)}; closed loop {med(closed, 'rate'):,.0f} req/s; "
+              f"ingestion {off:,.0f} readings/s scoring off, {on:,.0f} scoring on (every {a.interval} s): ratio {on / off:.2f} (goal >= 0.8)")
+    finally: shutil.rmtree(base, ignore_errors=True)
+
+if __name__ == '__main__':
+    if len(sys.argv) > 1 and sys.argv[1] == 'serve':
+        sp = argparse.ArgumentParser(); sp.add_argument('cmd'); sp.add_argument('root'); sp.add_argument('--score', action='store_true'); sp.add_argument('--interval', type=float, default=5.0)
+        x = sp.parse_args(); serve(Path(x.root), x.score, x.interval); sys.exit(0)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--runs', type=int, default=3, help="runs; medians are reported")
+    ap.add_argument('--rate', type=float, default=200, help="open-loop requests per second")
+    ap.add_argument('--seconds', type=int, default=20, help="seconds of open-loop load per run")
+    ap.add_argument('--closed-seconds', type=int, default=10, help="seconds of closed-loop (wrk) load per run")
+    ap.add_argument('--connections', type=int, default=8, help="wrk connections for the closed loop")
+    ap.add_argument('--ingest-seconds', type=int, default=10, help="seconds of ingestion load per mode and run")
+    ap.add_argument('--interval', type=float, default=1.0, help="seconds between scoring passes when scoring is on ([scoring] interval; default setting 5)")
+    ap.add_argument('--dir', default=None, help="folder for the temporary projects (default: the system temp dir)")
+    main(ap.parse_args())
