@@ -16,7 +16,7 @@ def test_repro_end_to_end(tiny_project):
         assert k in m['model'] and k in m['baseline']
     assert m['model']['failures'] >= 1
     html = (d/'build/report/report.html').read_text()
-    assert html.count('src="data:image/png;base64,') == 3 and 'http://' not in html and 'https://' not in html
+    assert html.count('src="data:image/png;base64,') == 5 and 'http://' not in html and 'https://' not in html
     for f in ('pr_curve.csv', 'confusion.csv', 'risk_timeline.csv', 'pr_curve.png'):
         assert (d/'build/plots'/f).stat().st_size > 0
     for s in ('prepare', 'features', 'train', 'evaluate', 'report'):          # executed notebooks kept
