@@ -49,7 +49,8 @@ def test_api_fuzzed_from_its_openapi_schema(tmp_path):
             def run(case):
                 r = case.call(headers={'Authorization': f'Bearer {token}'})
                 calls[(case.method, case.path)] = calls.get((case.method, case.path), 0) + 1
-                if r.status_code >= 500: failures.append((case.method, case.path, r.status_code, r.text[:200]))
+                documented = r.status_code == 503 and 'no champion model yet' in r.text   # /v1/predict with no model promoted
+                if r.status_code >= 500 and not documented: failures.append((case.method, case.path, r.status_code, r.text[:200]))
             run()
         assert not failures, failures[:5]
         assert calls.get(('POST', '/v1/readings'), 0) >= 20, calls     # the ingest endpoint really was fuzzed
