@@ -171,3 +171,15 @@ def test_nab_score_hand_cases():
     with pytest.raises(ValueError, match="standard"):
         nab_score(f(5), wins, 'strict')
     y = windows_to_labels(ix, wins); assert y.sum() == 10
+
+
+def test_auto_catches_a_broken_relationship_within_range():
+    "power stops following flow (held near its median, inside its fit range): SPE sees it, level alone would not."
+    X = plant(4000, seed=11); Y = X.copy()
+    med, (lo, hi) = X['power'].iloc[:400].median(), X['power'].iloc[:400].quantile([0.05, 0.95])
+    Y.iloc[2500:3100, 1] = med + 0.08 * np.random.default_rng(0).normal(size=600)
+    assert Y['power'].iloc[2500:3100].between(lo, hi).mean() > 0.95                  # stays within its usual range
+    d = make_detector().fit(Y.iloc[:400]); p = d.predict(Y.iloc[400:]).to_numpy()
+    normal = np.r_[p[:2100], p[2850:]]                                               # 150 rows after the end to recover
+    assert p[2100:2700].mean() > 0.6 and p[:2100].mean() < 0.01 and normal.mean() < 0.05   # the plant drifts late: a few rows
+    assert d.explain(Y.iloc[2600:2700]).value_counts().index[0] in ('spe', 't2')
