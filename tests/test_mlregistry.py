@@ -150,3 +150,18 @@ def test_scheduler_keeps_going_after_a_failing_job(tmp_path):
     ends = [(x['job'], x['status']) for x in log if x['event'] == 'job_end']
     assert n == 3 and ends == [('bad', 'failed'), ('proc', 'ok'), ('bad', 'failed')]
     assert log[0]['event'] == 'scheduler_start' and log[-1] == {'event': 'scheduler_stop', 'jobs_run': 3}
+
+def test_scheduler_cli_list_and_once_with_configured_jobs(tmp_path):
+    (tmp_path/'iot2ml.toml').write_text('[[scheduler.jobs]]\nname = "nightly-process"\ncron = "5 0 * * *"\njob = "process"\n'
+                                        '[[scheduler.jobs]]\nname = "weekly"\ncron = "0 3 * * 0"\njob = "retrain"\nargs = {dry_run = true}\n')
+    (tmp_path/'data'/'lake').mkdir(parents=True)
+    iot2ml = str(Path(__import__('sys').executable).parent/'iot2ml')
+    r = subprocess.run([iot2ml, 'scheduler', '--list'], cwd=tmp_path, capture_output=True, text=True)
+    rows = [l.split()[:3] for l in r.stdout.splitlines()[1:]]
+    assert r.returncode == 0 and sorted(rows) == [['nightly-process', 'process', '5'], ['weekly', 'retrain', '0']]
+    r = subprocess.run([iot2ml, 'scheduler', '--once', 'nightly-process'], cwd=tmp_path, capture_output=True, text=True)
+    rec = json.loads(r.stdout.splitlines()[-1])
+    assert r.returncode == 0 and (rec['job'], rec['kind'], rec['status']) == ('nightly-process', 'process', 'ok')
+    r = subprocess.run([iot2ml, 'scheduler', '--once', 'weekly'], cwd=tmp_path, capture_output=True, text=True)   # no params.yaml
+    rec = json.loads(r.stdout.splitlines()[-1])
+    assert r.returncode == 1 and rec['status'] == 'failed' and 'params.yaml does not exist' in rec['detail']
