@@ -114,9 +114,11 @@ class Loaded:
             risk = pd.Series(np.asarray(m.predict_proba(X), dtype='float64'), index=X.index)
             alert = (risk >= self.threshold).astype('int8') if self.threshold is not None else pd.Series(np.asarray(m.predict(X)), index=X.index).astype('int8')
             out = pd.DataFrame({'risk': risk, 'alert': alert, 'rul_hours': np.nan, 'anomaly': np.nan}, index=X.index)
+            if ANOMALY in X:   # computed over the device's window (the detector looks back), see Predictor.features
+                out['anomaly'] = X[ANOMALY].to_numpy('float64')
             for col, meth in (('rul_hours', 'predict_rul'), ('anomaly', 'anomaly_score')):
                 fn = getattr(m, meth, None)
-                if fn is None: continue
+                if fn is None or (col == 'anomaly' and ANOMALY in X): continue
                 try: out[col] = np.asarray(fn(X), dtype='float64')
                 except Exception as e:   # an optional output: the risk still stands
                     if (self.version, meth) not in _warned:
@@ -124,6 +126,7 @@ class Loaded:
         return out
 
 _warned: set = set()
+ANOMALY = '_anomaly'   # column of a feature row holding the detector's score over the device's window
 
 # -- the champion, hot-reloaded ------------------------------------------------------------------------------------------
 
@@ -273,7 +276,14 @@ class Predictor:
                 w = self.state().window(ok, start=pd.Timestamp(start, unit='us', tz='UTC'))
                 t = w['ts'].astype('datetime64[us, UTC]').astype('int64').to_numpy(); last = w['device_id'].map(keys).to_numpy('int64')
                 w = w[(t >= last - hist) & (t <= last)]   # each device's own window, up to its newest complete interval
-                f = online_features(w, spec)
+                hist = online_features(w, spec, last=False)
+                f = hist.groupby(level='device_id', sort=False).tail(1)
+                if getattr(c.model, 'detector', None) is not None:   # the detector needs the device's recent rows, not only its last
+                    try:
+                        with _one_thread(): f = f.assign(**{ANOMALY: c.model.anomaly_score(hist).reindex(f.index).to_numpy('float64')})
+                    except Exception as e:
+                        if (c.version, 'anomaly') not in _warned:
+                            _warned.add((c.version, 'anomaly')); log.warning("anomaly_score failed; anomaly is left empty", extra={'version': c.version, 'error': repr(e)})
                 missing = [x for x in c.features if x not in f.columns]
                 if missing:
                     if (c.version, 'columns') not in _warned:

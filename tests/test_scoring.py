@@ -113,6 +113,11 @@ def test_predict_by_rows_and_by_devices_agrees_with_batch(ws, bundles, make_serv
     assert all(p['model_version'] == 'v1' and p['alert'] in (0, 1) for p in preds)
     want = batch_risk(ws, bundles[0], [(p['device_id'], p['ts']) for p in preds])
     np.testing.assert_allclose([p['risk'] for p in preds], want, rtol=1e-9)   # online features == batch features
+    # the anomaly score is the detector's over each device's window (it looks back), close to the batch one over all history
+    f = pd.read_parquet(ws['features_dir']/'features.parquet')
+    batch_an = load_model(bundles[0]).anomaly_score(f).loc[[(p['device_id'], pd.Timestamp(p['ts'])) for p in preds]].to_numpy()
+    assert all(p['anomaly'] is not None and np.isfinite(p['anomaly']) for p in preds)
+    np.testing.assert_allclose([p['anomaly'] for p in preds], batch_an, rtol=0.05, atol=0.05)
     assert s.predict({'devices': devices}).json() == out                      # the cached answer is the same
     # feature rows, as the batch table holds them
     f = pd.read_parquet(ws['features_dir']/'features.parquet').iloc[[5, 500, 1500]]
