@@ -3,8 +3,12 @@
 Quality: (a) every NAB realKnownCause recording: fit on the first N rows (N = --nfit, or the rows before the first
 labelled window if fewer), predict the rest; (b) a simulated fleet: per pump, fit on its first --fit-days of normal
 operation (fewer if a fault starts earlier; pumps with < 150 normal rows are skipped), predict the rest; truth = the
-fault windows of fault_schedule (onset to repair, or to the end). Reported: point-wise F1, false-alarm rate,
-missed-alarm rate, NAB standard score (per recording, normalised 0 = never fires, 100 = perfect), per recording and mean.
+fault windows of fault_schedule (onset to repair, or to the end); (c) a synthetic multivariate testbed (`testbed`): 6-8
+correlated sensors driven by latent load, speed and ambient temperature, with noise, drift and load cycles, and 2-3 long
+faults each (a relationship break inside the sensors' ranges, a level shift, growing vibration noise, a slow ramp),
+fit on the first 400 rows. Reported: point-wise F1, false-alarm rate,
+missed-alarm rate, NAB standard score (per recording, normalised 0 = never fires, 100 = perfect), per recording and the
+mean (F1, MAR and NAB over recordings with a labelled window, FAR over all), then the mean of the three families.
 Baseline: sklearn IsolationForest with default parameters on the raw values (NaN filled with the fit median), flag =
 its own predict() == -1 (contamination='auto'), no smoothing.
 Speed: fit and predict rows/s on 100k rows x 10 columns (median of --runs runs), and score_last latency.
@@ -14,6 +18,7 @@ Example: python bench/bench_detect.py --nab ../shared/data/nab --pumps 12 --days
 import argparse, json, time, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
+from scipy import signal
 from sklearn.ensemble import IsolationForest
 from iot2ml.detect import make_detector
 from iot2ml.evaluate import detection_metrics, nab_score, windows_to_labels
@@ -57,6 +62,59 @@ def fleet_rows(pumps:int, days:int, fit_days:float, seed:int):
         if n >= 150: yield dev, g.iloc[:n], g.iloc[n:], w
 
 
+FAULTS = ('relationship', 'level', 'variance', 'ramp')
+
+
+def testbed(seed:int, n:int|None=None):
+    """One synthetic machine: 6-8 sensors driven by 2-3 latent operating variables (load with a daily cycle, speed, ambient
+    temperature) plus noise, slow drift and a lagged temperature; 2-3 long faults (regime changes) after the fit rows.
+    Returns (frame, windows, fault kinds)."""
+    rng = np.random.default_rng(10_000 + seed)
+    n = n or int(rng.integers(3000, 9000)); freq = ['10s', '1min', '5min'][seed % 3]
+    t = np.arange(n); per = rng.uniform(100, 400)   # load cycle (a shift, a batch, a day) in rows: the fit rows see 1-4 of them
+    ar = lambda tau, sd: signal.lfilter([np.sqrt(1 - np.exp(-2 / tau)) * sd], [1, -np.exp(-1 / tau)], rng.normal(size=n))
+    load = 0.6 + 0.25 * np.sin(2 * np.pi * t / per + rng.uniform(0, 6)) + ar(rng.uniform(20, 200), 0.08)
+    speed = 1 + 0.1 * np.sign(np.sin(2 * np.pi * t / (per * rng.uniform(0.3, 2)))) + ar(50, 0.02)
+    amb = 20 + 3 * np.sin(2 * np.pi * t / (per * 1.3)) + np.cumsum(rng.normal(0, 0.005, n))
+    d = int(rng.integers(6, 9)); X = {}
+    X['current'] = 40 + 30 * load * speed + rng.normal(0, 0.8, n)
+    X['flow'] = 100 * load * speed + rng.normal(0, 1.5, n)
+    X['pressure'] = 2 + 3 * (load * speed) ** 2 + rng.normal(0, 0.08, n)
+    X['temperature'] = 30 + 0.6 * amb + signal.lfilter([0.02], [1, -0.98], 25 * load, zi=[25 * load[0] * 0.98])[0] + rng.normal(0, 0.2, n)
+    X['vibration'] = np.abs(0.5 * speed + 0.3 * load * rng.normal(1, 0.25, n))
+    X['voltage'] = 400 - 2 * load + rng.normal(0, 0.5, n)
+    if d > 6: X['speed'] = 1500 * speed + rng.normal(0, 5, n)
+    if d > 7: X['outlet_temp'] = amb + 4 * load + rng.normal(0, 0.15, n)
+    X = pd.DataFrame(X); X += X.std().to_numpy() * rng.normal(0, 0.2, X.shape[1]) * t[:, None] / n   # slow drift
+    sd = X.iloc[:400].std().to_numpy()
+    # faults: 2-3 non-overlapping long windows after row 600
+    k = int(rng.integers(2, 4)); wins, kinds = [], []
+    cuts = np.sort(rng.choice(np.arange(600, n - 200, 50), size=k * 2, replace=False))
+    for i in range(k):
+        a = int(cuts[2 * i]); b = int(min(cuts[2 * i + 1], a + rng.integers(200, 1500)))
+        f = FAULTS[rng.integers(4)]; L = b - a; cols = list(X.columns)
+        if f == 'relationship':   # one of a correlated pair follows another driver: stays within its range
+            c = rng.choice(['flow', 'current', 'pressure']); src = X[c].to_numpy()
+            lo, hi = np.quantile(src[:400], [0.2, 0.8])
+            X.loc[a:b - 1, c] = np.clip(src.mean() + (src[a:b] - src[a:b].mean()) * rng.choice([-1, 0.2]), lo, hi) + rng.normal(0, sd[cols.index(c)] * 0.1, L)
+        elif f == 'level':
+            c = rng.choice(cols); X.loc[a:b - 1, c] += rng.choice([-1, 1]) * rng.uniform(1, 2.5) * sd[cols.index(c)]
+        elif f == 'variance':
+            X.loc[a:b - 1, 'vibration'] += rng.normal(0, rng.uniform(1.5, 3) * sd[cols.index('vibration')] * 0.5, L)
+        else:
+            c = rng.choice(cols); X.loc[a:b - 1, c] += rng.choice([-1, 1]) * np.linspace(0, rng.uniform(2, 4) * sd[cols.index(c)], L)
+        wins.append((a, b - 1)); kinds.append(f)
+    X.index = pd.date_range('2024-01-01', periods=n, freq=freq)
+    X[rng.random(X.shape) < 0.002] = np.nan                                    # a few missing readings
+    return X, [(X.index[a], X.index[b]) for a, b in wins], kinds
+
+
+def testbed_rows(n:int, nfit:int=400):
+    for seed in range(n):
+        X, w, kinds = testbed(seed)
+        yield f"syn{seed} ({', '.join(kinds)})", X.iloc[:nfit], X.iloc[nfit:], w
+
+
 def table(rows, title):
     out = []
     for name, fit, test, w in rows:
@@ -67,10 +125,11 @@ def table(rows, title):
         out.append(r)
     df = pd.DataFrame(out)
     num = [c for c in df.columns if df[c].dtype.kind == 'f' and c not in ('fit rows', 'rows')]
-    mean = df[num].mean().to_dict() | {'recording': 'MEAN'}
+    has = df[[c for c in df.columns if c.endswith(' windows')][0]].map(lambda v: not v.endswith('/0'))
+    mean = {c: (df[c] if c.endswith(' far') else df.loc[has, c]).mean() for c in num} | {'recording': 'MEAN'}
     df = pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
     print(f"\n## {title}\n"); print(df.to_markdown(index=False, floatfmt='.3f') if hasattr(df, 'to_markdown') else df.to_string())
-    return df
+    return df.iloc[-1]
 
 
 def speed(runs:int):
@@ -100,13 +159,18 @@ def main():
     ap.add_argument('--nfit', type=int, default=500, help='fit rows per NAB recording (at most; fewer if a window starts earlier)')
     ap.add_argument('--pumps', type=int, default=12); ap.add_argument('--days', type=int, default=30)
     ap.add_argument('--fit-days', type=float, default=2.0, help='days of normal operation each pump is fit on')
+    ap.add_argument('--testbed', type=int, default=12, help='synthetic machines (seeds 0..N-1)')
     ap.add_argument('--seed', type=int, default=7); ap.add_argument('--runs', type=int, default=3)
     a = ap.parse_args()
     warnings.simplefilter('ignore')
     root = Path(a.nab)
-    if (root / 'realKnownCause_windows.json').exists(): table(nab_rows(root, a.nfit), f'NAB realKnownCause (fit <= {a.nfit} rows)')
+    means = {}
+    if (root / 'realKnownCause_windows.json').exists(): means['nab'] = table(nab_rows(root, a.nfit), f'NAB realKnownCause (fit <= {a.nfit} rows)')
     else: print(f"no NAB data at {root}: pass --nab DIR (skipping part a)")
-    table(fleet_rows(a.pumps, a.days, a.fit_days, a.seed), f'Simulated fleet ({a.pumps} pumps, {a.days} days, 5 min, seed {a.seed}, fit {a.fit_days} days)')
+    means['fleet'] = table(fleet_rows(a.pumps, a.days, a.fit_days, a.seed), f'Simulated fleet ({a.pumps} pumps, {a.days} days, 5 min, seed {a.seed}, fit {a.fit_days} days)')
+    means['testbed'] = table(testbed_rows(a.testbed), f'Synthetic multivariate testbed ({a.testbed} machines, fit 400 rows)')
+    m = pd.DataFrame(means).T[[c for c in next(iter(means.values())).index if c.split()[-1] in ('f1', 'far', 'mar', 'nab')]].astype(float)
+    print('\n## Mean of the family means\n'); print(m.assign(family=m.index).set_index('family').T.assign(ALL=lambda d: d.mean(1)).round(3).to_string())
     print('\n## Speed\n'); speed(a.runs)
 
 
