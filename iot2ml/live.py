@@ -188,3 +188,74 @@ def run_replay_http(spec:FleetSpec, url:str, token:str, speed:float, seconds:flo
             if on_tick is not None: on_tick(sim_t, out)
         out.seconds = _pace(1.0, seconds, send)
     return out
+
+# -- the live part of `iot2ml demo`: the champion scoring the replayed stream -----------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def live_demo(settings, spec:FleetSpec, hours:float=24, speed:float=3600, echo=print) -> dict:
+    """Start `iot2ml serve` with streaming scoring on a free loopback port, warm its latest state from the lake, replay
+    `hours` of the fleet's next days at `speed`, then show the champion's newest scores and one /v1/predict answer.
+    The live readings and scores land in state/demo-live (not in the DVC-versioned lake, which stays as snapshotted)."""
+    import os, shutil, subprocess, sys
+    from pathlib import Path
+    import httpx
+    from .config import Params
+    from .features import FeatureSpec
+    from .lake import Lake
+    from .registry import Registry
+    from .state import LatestState
+    s = settings; state_dir = s.path('state_dir'); live_dir = state_dir/'demo-live'
+    shutil.rmtree(live_dir, ignore_errors=True)
+    for f in state_dir.glob('latest.sqlite*'): f.unlink()                  # a fresh window: the replay is the same each run
+    for d in (state_dir/'spool', state_dir/'deadletter'): shutil.rmtree(d, ignore_errors=True)
+    end = pd.Timestamp(spec.start, tz='UTC') + pd.Timedelta(days=spec.days)
+    p = Params().features
+    history = FeatureSpec(windows=p.windows, normal_window=p.normal_window, lags=p.lags).history
+    lake = Lake.from_settings(s)
+    agg = lake.aggregate('telemetry', every=f"{int(pd.Timedelta(s.ingest.bucket).total_seconds())} seconds", start=end - history - pd.Timedelta(s.ingest.bucket))
+    st = LatestState(state_dir/'latest.sqlite', bucket=s.ingest.bucket, window=s.ingest.window); n = st.warm(agg); st.con.close()
+    echo(f"Warmed latest state with {n:,} hourly buckets of the lake's last {history.days} days (the features' history).")
+    reg = Registry.from_settings(s, create=True)
+    try: token = reg.add_admin('demo-live', '1d').token
+    except Exception: token = reg.rotate('demo-live').token                # a demo run before: a new token for this one
+    port = _free_port(); url = f"http://127.0.0.1:{port}"
+    env = os.environ | {'IOT2ML_SCORING__ENABLED': 'true', 'IOT2ML_SCORING__INTERVAL': '2', 'IOT2ML_DATA_DIR': str(live_dir)}
+    cmd = [str(Path(sys.executable).parent/'iot2ml'), 'serve', '--port', str(port), '--log-level', 'warning']
+    proc = subprocess.Popen(cmd, cwd=s.path('root'), env=env, stdout=subprocess.DEVNULL, stderr=open(state_dir/'demo-serve.log', 'w'))
+    try:
+        c = httpx.Client(base_url=url, headers={'Authorization': f'Bearer {token}'}, timeout=30)
+        t0 = time.monotonic()
+        while True:
+            try:
+                if c.get('/healthz').status_code == 200: break
+            except httpx.TransportError: pass
+            if proc.poll() is not None or time.monotonic() - t0 > 60:
+                raise RuntimeError(f"iot2ml serve did not start; see {state_dir/'demo-serve.log'}")
+            time.sleep(0.2)
+        echo(f"Serving on {url} with streaming scoring; replaying {hours:g} h of the fleet after {end:%Y-%m-%d} at {speed:g}x ...")
+        nxt = FleetSpec(**{**spec.__dict__, 'start': end.strftime('%Y-%m-%d'), 'days': max(1, math.ceil(hours / 24))})
+        last = [0.0]
+        def tick(sim_t, sent):
+            if time.monotonic() - last[0] >= 5: last[0] = time.monotonic(); echo(f"  stream at {sim_t:%Y-%m-%d %H:%M}: {sent.readings:,} readings sent, {sent.errors} errors")
+        sent = run_replay_http(nxt, url, token, speed, hours * 3600 / speed, on_tick=tick)
+        echo(f"Replay done: {sent}.")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:                                   # let the scorer finish its pass
+            scores = c.get('/v1/scores').json()
+            rows = scores if isinstance(scores, list) else scores.get('scores', [])
+            if rows and max(r['ts'] for r in rows) >= (end + pd.Timedelta(hours=hours) - pd.Timedelta('3h')).isoformat(): break
+            time.sleep(1)
+        df = pd.DataFrame(rows)
+        if df.empty: raise RuntimeError(f"no scores from the live stream; see {state_dir/'demo-serve.log'}")
+        top = df.sort_values('risk', ascending=False).head(8)
+        echo(f"\nChampion {df['model_version'].iloc[0]} scores of the live stream, riskiest first (of {len(df)} pumps):")
+        echo(top[['device_id', 'ts', 'risk', 'alert', 'rul_hours', 'anomaly']].round(3).to_string(index=False))
+        pr = c.post('/v1/predict', json={'devices': [top['device_id'].iloc[0]]})
+        echo(f"\nPOST /v1/predict {{\"devices\": [\"{top['device_id'].iloc[0]}\"]}} -> {pr.status_code} {pr.text[:300]}")
+        return dict(url=url, sent=sent, scored=len(df), alerts=int(df['alert'].sum()), version=df['model_version'].iloc[0])
+    finally:
+        proc.terminate()
+        try: proc.wait(20)
+        except subprocess.TimeoutExpired: proc.kill()

@@ -104,7 +104,7 @@ class Loaded:
         try: thr = float(m.threshold)
         except (TypeError, ValueError, AttributeError): thr = None
         c = cls(str(version), Path(path), m, spec, tuple(m.features), thr)
-        c.score(pd.DataFrame(np.nan, index=[0], columns=list(c.features)))   # warm up; raises if the bundle cannot predict
+        c.score(pd.DataFrame(np.nan, index=[0], columns=[*c.features, ANOMALY]))   # warm up; raises if the bundle cannot predict
         return c
 
     def score(self, X:pd.DataFrame) -> pd.DataFrame:
@@ -206,6 +206,7 @@ class Predictor:
                  bucket:str='1h',                     # latest state's bucket (must be the model's feature interval)
                  max_cache:int=200_000):              # cached devices before the caches are emptied
         self.champion, self.state_path, self.max_cache = champion, Path(state_path), max_cache
+        self.look_back = 3      # intervals back from the newest complete one a thin interval may be passed over for
         self.bucket_us = pd.Timedelta(bucket).value // 1000
         self._local = threading.local()
         self._feat: dict = {}   # device -> (key, spec id, feature row (1-row DataFrame) or (status, message))
@@ -222,8 +223,11 @@ class Predictor:
 
     def con(self) -> sqlite3.Connection: return self.state().con
 
-    def keys(self, ids:list[str]) -> dict[str, int]:
-        "Per device the interval to score (epoch us): the newest complete one, before its newest reading's; devices with no data are left out."
+    def keys(self, ids:list[str], c:Loaded|None=None) -> dict[str, int]:
+        """Per device the interval to score (epoch us): the newest complete one (before its newest reading's) in which at least
+        half of the device's sensors reached the model's coverage; devices with no data are left out. Late, out-of-order and
+        clock-skewed readings can leave the last 'complete' interval nearly empty in latest state: scoring it would score
+        missing sensors, not the pump."""
         con, b = self.con(), self.bucket_us
         if len(ids) == 1:
             r = con.execute("SELECT ts FROM seen WHERE device_id=?", (ids[0],)).fetchone()
@@ -233,11 +237,22 @@ class Predictor:
             if d not in newest:
                 r = con.execute("SELECT max(ts) FROM buckets WHERE device_id=?", (d,)).fetchone()
                 if r[0] is not None: newest[d] = r[0]
-        return {d: t - t % b - b for d, t in newest.items()}
+        cap = {d: t - t % b - b for d, t in newest.items()}
+        if not cap or c is None: return cap
+        need = max(1.0, c.spec.expected * c.spec.min_coverage); look = self.look_back * b
+        ds = list(cap); qs = ','.join('?' * len(ds))
+        rows = con.execute(f"""SELECT x.device_id, x.ts FROM (SELECT device_id, ts, count(*) AS k FROM buckets
+                                 WHERE device_id IN ({qs}) AND ts >= ? AND n >= ? GROUP BY device_id, ts) AS x
+                               WHERE 2 * x.k >= (SELECT count(*) FROM latest l WHERE l.device_id = x.device_id)""",
+                           [*ds, min(cap.values()) - look, need]).fetchall()
+        best = {}
+        for d, t in rows:
+            if t <= cap[d] and t >= cap[d] - look and t > best.get(d, -1): best[d] = t
+        return {d: best.get(d, t) for d, t in cap.items()}
 
     def cached(self, ids:list[str], c:Loaded) -> list[dict]|None:
         "The predictions for `ids` if every one is cached for its current state and `c`'s version, else None (cheap)."
-        keys = self.keys(ids); out = []
+        keys = self.keys(ids, c); out = []
         for d in ids:
             hit = self._pred.get(d)
             if hit is None or d not in keys or hit[0] != keys[d] or hit[1] != c.version: return None
@@ -253,7 +268,7 @@ class Predictor:
     def features(self, ids:list[str], c:Loaded, keys:dict|None=None) -> dict:
         "Per device its newest feature row (1-row DataFrame) or (404, message) when unknown or short of history."
         self._check_bucket(c)
-        keys = self.keys(ids) if keys is None else keys
+        keys = self.keys(ids, c) if keys is None else keys
         spec, sid = c.spec, id(c.spec)
         out, todo = {}, []
         for d in ids:
@@ -276,11 +291,11 @@ class Predictor:
                 w = self.state().window(ok, start=pd.Timestamp(start, unit='us', tz='UTC'))
                 t = w['ts'].astype('datetime64[us, UTC]').astype('int64').to_numpy(); last = w['device_id'].map(keys).to_numpy('int64')
                 w = w[(t >= last - hist) & (t <= last)]   # each device's own window, up to its newest complete interval
-                hist = online_features(w, spec, last=False)
-                f = hist.groupby(level='device_id', sort=False).tail(1)
+                window = online_features(w, spec, last=False)
+                f = window.groupby(level='device_id', sort=False).tail(1)
                 if getattr(c.model, 'detector', None) is not None:   # the detector needs the device's recent rows, not only its last
                     try:
-                        with _one_thread(): f = f.assign(**{ANOMALY: c.model.anomaly_score(hist).reindex(f.index).to_numpy('float64')})
+                        with _one_thread(): f = f.assign(**{ANOMALY: c.model.anomaly_score(window).reindex(f.index).to_numpy('float64')})
                     except Exception as e:
                         if (c.version, 'anomaly') not in _warned:
                             _warned.add((c.version, 'anomaly')); log.warning("anomaly_score failed; anomaly is left empty", extra={'version': c.version, 'error': repr(e)})
@@ -301,7 +316,7 @@ class Predictor:
     def devices(self, ids:list[str], c:Loaded|None=None) -> tuple[list[dict], list[dict]]:
         "(predictions, errors) for devices, from their newest interval in latest state; errors carry status 404 and why."
         c = c or self.champion.get()
-        keys = self.keys(ids)
+        keys = self.keys(ids, c)
         preds, errors, rows, need = {}, [], [], []
         for d in dict.fromkeys(ids):
             hit = self._pred.get(d)
