@@ -20,7 +20,8 @@ Example:
 """
 import argparse, asyncio, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
-import orjson, pandas as pd, pyarrow as pa
+import math
+import numpy as np, orjson, pandas as pd, pyarrow as pa
 
 BIN = Path(sys.executable).parent
 DEVICES = [f"pump-{i:04d}" for i in range(1, 9)]
@@ -155,6 +156,147 @@ def readings_body(n:int=1000) -> bytes:
         out.append({'device_id': d, 'ts': (t0 + pd.Timedelta(seconds=i)).strftime('%Y-%m-%dT%H:%M:%SZ'), 'sensor': s, 'value': 10 + i % 17})
     return orjson.dumps(out)
 
+# -- scale case: N devices with history, readings whose time advances ----------------------------------------------------
+
+T0 = pd.Timestamp('2026-01-15', tz='UTC')   # the hour after the example lake ends: the stream starts here
+
+def scale_template(base:Path, n:int, step_s:int, hours:int=250, seed:int=0) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A template project for `n` devices: latest state warmed with `hours` hourly aggregates per device and sensor (the
+    example pumps' own hours, pump i%8 for device i, scaled by a per-device factor 0.95-1.05, counts as if a sensor sent
+    every `step_s` s), the example bundle with `expected` = 3600/`step_s` as champion. Returns it and the stream's level
+    and noise per (device, sensor) pair (its last day's mean and std)."""
+    from iot2ml.lake import Lake
+    from iot2ml.mlregistry import ModelRegistry
+    from iot2ml.models import load_model, save_model
+    from iot2ml.pipeline import example_workspace
+    from iot2ml.simulate import SENSORS, device_ids
+    from iot2ml.state import LatestState
+    ws = example_workspace('evaluate')
+    t = base/f'scale-template-{n}'; (t/'state').mkdir(parents=True)
+    m = load_model(ws['model_dir']); m.feature_spec.expected = 3600 / step_s   # the bundle's spec, with this stream's readings per interval
+    save_model(m, base/f'bundle-{n}')
+    reg = ModelRegistry(t/'state'/'registry'); reg.promote(reg.register(base/f'bundle-{n}'), reason='benchmark')
+    src = Lake(ws['lake_dir'], ws['reference_dir'], fsync=False).aggregate('telemetry', every='3600 seconds', tier='processed')
+    src = src[(src['ts'] >= T0 - pd.Timedelta(hours=hours)) & (src['ts'] < T0)]
+    ids, rng = device_ids(n), np.random.default_rng(seed)
+    factor = rng.uniform(0.95, 1.05, n); scale = (3600 / step_s) / 12   # the example sends every 5 min
+    parts = []
+    for i, d in enumerate(ids):
+        a = src[src['device_id'] == DEVICES[i % 8]]
+        parts.append(pd.DataFrame({'device_id': d, 'ts': a['ts'], 'sensor': a['sensor'], 'mean': a['mean'] * factor[i], 'std': a['std'] * factor[i],
+                                   'min': a['min'] * factor[i], 'max': a['max'] * factor[i], 'count': (a['count'] * scale).round().astype('int64')}))
+    agg = pd.concat(parts, ignore_index=True)
+    st = LatestState(t/'state'/'latest.sqlite', window='30D'); st.warm(agg)
+    st.con.execute('PRAGMA wal_checkpoint(TRUNCATE)'); st.con.close()
+    day = agg[agg['ts'] >= T0 - pd.Timedelta(hours=24)].groupby(['device_id', 'sensor'])[['mean', 'std']].mean()
+    pairs = pd.MultiIndex.from_product([ids, list(SENSORS)], names=['device_id', 'sensor'])
+    day = day.reindex(pairs)
+    return t, day['mean'].fillna(0).to_numpy(), day['std'].fillna(0).to_numpy()
+
+def stream_bodies(n:int, level:np.ndarray, noise:np.ndarray, step_s:int, count:int, seed:int=1) -> list[bytes]:
+    """`count` bodies of 1,000 readings in time order: at each step (`step_s` simulated seconds) every device sends every
+    sensor once, its N x 7 readings split over consecutive bodies (the last one of a step may be shorter)."""
+    from iot2ml.simulate import SENSORS, device_ids
+    pre = [f'{{"device_id":"{d}","sensor":"{s}","ts":"'.encode() for d in device_ids(n) for s in SENSORS]
+    rng, per, out, k = np.random.default_rng(seed), len(pre), [], 0
+    while len(out) < count:
+        ts = (T0 + pd.Timedelta(seconds=k * step_s)).strftime('%Y-%m-%dT%H:%M:%SZ').encode()
+        vals = np.round(level + noise * rng.standard_normal(per), 3).tolist()
+        for j in range(0, per, 1000):
+            out.append(b'[' + b','.join(pre[i] + ts + b'","value":' + repr(vals[i]).encode() + b'}' for i in range(j, min(j + 1000, per))) + b']')
+        k += 1
+    return out[:count]
+
+async def stream_load(srv:Server, bodies:list[bytes], seconds:float, conns:int=16, poll:float=1.0) -> dict:
+    """Post `bodies` in order from `conns` keep-alive connections (closed loop) for `seconds`; GET /v1/scores every `poll` s.
+    Returns readings/s, p99, errors, each body's acknowledgement time and the polls."""
+    head = lambda b: (f"POST /v1/readings HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {srv.token}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(b)}\r\n\r\n").encode()
+    async def response(r):
+        h = await r.readuntil(b'\r\n\r\n')
+        n = int(next(l.split(b':')[1] for l in h.split(b'\r\n') if l.lower().startswith(b'content-length')))
+        return h, await r.readexactly(n)
+    acked = np.full(len(bodies), np.nan); lat, errors, readings, nxt = [], 0, 0, 0
+    t0 = time.perf_counter(); end = t0 + seconds; wall0 = time.time() - t0
+    async def client():
+        nonlocal nxt, errors, readings
+        r, w = await asyncio.open_connection('127.0.0.1', srv.port)
+        while time.perf_counter() < end and nxt < len(bodies):
+            k = nxt; nxt += 1; b = bodies[k]; ts = time.perf_counter()
+            w.write(head(b)); w.write(b)
+            h, body = await response(r)
+            t = time.perf_counter(); lat.append(t - ts)
+            if h.startswith(b'HTTP/1.1 200'): acked[k] = t; readings += orjson.loads(body)['accepted']
+            else: errors += 1
+        w.close()
+    polls = []
+    async def poller():
+        r, w = await asyncio.open_connection('127.0.0.1', srv.port)
+        req = f"GET /v1/scores HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {srv.token}\r\n\r\n".encode()
+        while time.perf_counter() < end:
+            await asyncio.sleep(poll)
+            w.write(req); h, body = await response(r)
+            if h.startswith(b'HTTP/1.1 200'): polls.append((time.perf_counter(), orjson.loads(body)))
+        w.close()
+    await asyncio.gather(poller(), *[client() for _ in range(conns)])
+    wall = time.perf_counter() - t0
+    if nxt >= len(bodies): print(f"        (the {len(bodies):,} prepared bodies ran out after {wall:.1f} s; raise --scale-bodies)", flush=True)
+    lat.sort()
+    return dict(readings_per_s=readings / wall, p99_ms=lat[int(0.99 * len(lat))] * 1e3 if lat else math.nan, errors=errors,
+                acked=acked, polls=polls, wall0=wall0)
+
+def score_lag(res:dict, n:int, step_s:int) -> dict:
+    """From the polls of /v1/scores: per device score, the seconds from its interval's completion (the acknowledgement of
+    the first body holding the device's readings of the next interval) to its `scored_at`; and how many intervals behind
+    the newest complete one each device's score was at each poll."""
+    per_step = -(-n * 7 // 1000); acked = res['acked']
+    def done_at(ts_us, dev_i):   # wall (perf_counter) time the interval starting at ts_us was complete for device dev_i
+        k = (int((ts_us + 3_600_000_000 - T0.value // 1000) // (step_s * 1_000_000)) * per_step + dev_i * 7 // 1000)
+        return acked[k] if 0 <= k < len(acked) else math.nan
+    lags, behind, seen = [], [], set()
+    steps_acked = np.where(~np.isnan(acked))[0]
+    for t, rows in res['polls']:
+        k_done = (acked <= t).nonzero()[0]
+        if not len(k_done): continue
+        newest_step = k_done.max() // per_step   # the stream's newest step acknowledged at poll time
+        newest_complete = (T0 + pd.Timedelta(seconds=newest_step * step_s)).floor('1h') - pd.Timedelta(hours=1)
+        for r in rows:
+            ts = pd.Timestamp(r['ts']); i = int(r['device_id'].split('-')[1]) - 1
+            behind.append((newest_complete - ts) / pd.Timedelta(hours=1))
+            key = (r['device_id'], r['ts'])
+            if key in seen: continue
+            seen.add(key); d = done_at(ts.value // 1000, i)
+            if not math.isnan(d): lags.append(pd.Timestamp(r['scored_at']).timestamp() - (res['wall0'] + d))
+    q = lambda xs, p: float(np.percentile(xs, p)) if len(xs) else math.nan
+    return dict(lag_p50=q(lags, 50), lag_p95=q(lags, 95), lag_n=len(lags), behind_p50=q(behind, 50), behind_max=max(behind, default=math.nan))
+
+def scale_case(a, base:Path) -> dict:
+    "Ingestion of a fleet of --devices whose intervals complete every few seconds, scoring off vs on; medians of --runs."
+    t = time.perf_counter()
+    template, level, noise = scale_template(base, a.devices, a.step_seconds)
+    bodies = stream_bodies(a.devices, level, noise, a.step_seconds, a.scale_bodies)
+    per_hour = a.devices * 7 * 3600 // a.step_seconds
+    print(f"scale case: {a.devices} devices x 7 sensors warmed with 250 h each, a reading per sensor every {a.step_seconds} simulated s "
+          f"({per_hour:,} readings per simulated hour); {len(bodies):,} bodies ready in {time.perf_counter() - t:.0f} s", flush=True)
+    res = {'off': [], 'on': []}
+    for i in range(a.runs):
+        for mode in ('off', 'on'):
+            srv = Server(template, base/f'scale-{i}-{mode}', mode == 'on', a.interval).start()
+            try:
+                r = asyncio.run(stream_load(srv, bodies, a.scale_seconds)); time.sleep(0.2); m = srv.metrics()
+            finally: srv.stop()
+            r['skipped'] = {k.split('"')[1]: int(v) for k, v in m.items() if k.startswith('iot2ml_scoring_devices_skipped_total{')}
+            r.update(passes=m.get('iot2ml_scoring_passes_total', 0), scored=m.get('iot2ml_scoring_devices_scored_total', 0),
+                     last_pass=m.get('iot2ml_scoring_last_pass_seconds', math.nan), pending=m.get('iot2ml_scoring_pending_devices', 0),
+                     intervals=r['readings_per_s'] * a.scale_seconds / per_hour)
+            if mode == 'on': r.update(score_lag(r, a.devices, a.step_seconds)); r['per_pass'] = r['scored'] / max(r['passes'], 1); r['pass_s'] = a.scale_seconds / max(r['passes'], 1)
+            res[mode].append(r)
+            print(f"run {i + 1} scale, scoring {mode}: {r['readings_per_s']:,.0f} readings/s ({r['intervals']:.1f} simulated hours in {a.scale_seconds} s), "
+                  f"p99 {r['p99_ms']:.0f} ms, {r['errors']} errors" + (f"; {r['passes']:.0f} passes, {r['per_pass']:.0f} devices per pass, "
+                  f"last pass {r['last_pass']:.2f} s, {r['pending']:.0f} pending at the end; lag interval end -> score p50 {r['lag_p50']:.1f} s, "
+                  f"p95 {r['lag_p95']:.1f} s ({r['lag_n']} scores); skipped {r['skipped']}; intervals behind p50 {r['behind_p50']:.0f}, max {r['behind_max']:.0f}" if mode == 'on' else ''), flush=True)
+    return res
+
 def main(a):
     wrk = ensure_wrk()
     base = Path(tempfile.mkdtemp(prefix='iot2ml-predict-bench-', dir=a.dir))
@@ -164,7 +306,7 @@ def main(a):
             nonlocal k; k += 1
             return Server(template, base/f'run{k}', score, a.interval).start()
         opens, closed, ing = [], [], {'off': [], 'on': []}
-        for i in range(a.runs):
+        for i in range(0 if a.only_scale else a.runs):
             srv = server()
             try:
                 asyncio.run(open_loop(srv.port, srv.token, a.rate, 2))          # warm-up: connections, caches
@@ -185,6 +327,16 @@ def main(a):
                 print(f"        ingestion, scoring {mode}: {r['readings_per_s']:,.0f} readings/s, p99 {r['p99_us'] / 1e3:.1f} ms, {r['errors']} errors"
                       + (f"; {r['passes']:.0f} passes, {r['scored']:.0f} devices scored" if mode == 'on' else ''), flush=True)
         med = lambda rs, k: statistics.median(r[k] for r in rs)
+        sc = scale_case(a, base) if a.devices else None
+        if sc:
+            off, on = med(sc['off'], 'readings_per_s'), med(sc['on'], 'readings_per_s')
+            print(f"median scale case ({a.devices} devices, a new interval every {a.devices * 7 * 3600 // a.step_seconds / off:.1f} s of wall time at the "
+                  f"scoring-off rate): ingestion {off:,.0f} readings/s scoring off, {on:,.0f} scoring on (a pass every {a.interval} s): ratio "
+                  f"{on / off:.2f} (goal >= 0.8); {med(sc['on'], 'passes'):.0f} passes, {med(sc['on'], 'per_pass'):.0f} devices per pass, "
+                  f"{med(sc['on'], 'pass_s'):.2f} s per pass (wall / passes), last pass {med(sc['on'], 'last_pass'):.2f} s; lag interval end -> score "
+                  f"p50 {med(sc['on'], 'lag_p50'):.1f} s, p95 {med(sc['on'], 'lag_p95'):.1f} s; intervals behind p50 {med(sc['on'], 'behind_p50'):.0f}, "
+                  f"max {med(sc['on'], 'behind_max'):.0f}", flush=True)
+        if a.only_scale: return
         off, on = med(ing['off'], 'readings_per_s'), med(ing['on'], 'readings_per_s')
         print(f"median: open loop {a.rate:.0f} req/s -> achieved {med(opens, 'achieved'):.1f} req/s, p50 {med(opens, 'p50_ms'):.2f} ms, "
               f"p99 {med(opens, 'p99_ms'):.2f} ms (goal <= 20 ms), errors {sum(o['errors'] for o in opens)}; closed loop {med(closed, 'rate'):,.0f} req/s; "
@@ -203,5 +355,10 @@ if __name__ == '__main__':
     ap.add_argument('--connections', type=int, default=8, help="wrk connections for the closed loop")
     ap.add_argument('--ingest-seconds', type=int, default=10, help="seconds of ingestion load per mode and run")
     ap.add_argument('--interval', type=float, default=1.0, help="seconds between scoring passes when scoring is on ([scoring] interval; default setting 5)")
+    ap.add_argument('--devices', type=int, default=1000, help="devices of the scale case (0: skip it)")
+    ap.add_argument('--step-seconds', type=int, default=30, help="scale case: simulated seconds between a sensor's readings (120 per hour at 30)")
+    ap.add_argument('--scale-seconds', type=int, default=20, help="scale case: seconds of ingestion load per mode and run")
+    ap.add_argument('--scale-bodies', type=int, default=12000, help="scale case: bodies of 1,000 readings prepared (enough for the fastest run)")
+    ap.add_argument('--only-scale', action='store_true', help="run only the scale case")
     ap.add_argument('--dir', default=None, help="folder for the temporary projects (default: the system temp dir)")
     main(ap.parse_args())

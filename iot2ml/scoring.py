@@ -18,7 +18,7 @@ reading time) unless a new interval completed or another champion was promoted. 
 scored do not refresh its cached score.
 """
 from __future__ import annotations
-import logging, math, sqlite3, threading, time
+import logging, math, os, sqlite3, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -378,6 +378,33 @@ def _note_scores(lake:Lake, dataset:str, table:pa.Table, files:int) -> None:
         lo, hi = (v.as_py().isoformat() for v in pc.min_max(table.column('ts')).values())
         e['start'] = min(filter(None, [e['start'], lo])); e['end'] = max(filter(None, [e['end'], hi]))
 
+class _Fixed:
+    "A stand-in for `Champion` in the scoring worker: always the one bundle it was handed."
+    def __init__(self, c:Loaded): self.current = c
+    def get(self) -> Loaded: return self.current
+
+_worker: dict = {}   # in the scoring worker process: (state path, bucket) -> Predictor, version -> Loaded
+
+def _worker_init(nice:int) -> None:
+    "The scoring worker starts below the server's priority, so ingestion gets the CPU first when both want it."
+    try: os.nice(nice)
+    except (OSError, AttributeError): pass
+    try:   # Linux: end with the server, even when it is killed without closing the pool
+        import ctypes, signal
+        ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError): pass
+
+def _worker_devices(state_path:str, bucket_us:int, version:str, path:str, fallback_spec, ids:list[str]) -> tuple[list[dict], list[dict]]:
+    "(predictions, errors) for `ids` with the bundle `version` at `path`, computed in the scoring worker (its own caches)."
+    c = _worker.get(('model', version))
+    if c is None:
+        for k in [k for k in _worker if k[0] == 'model']: del _worker[k]
+        c = _worker[('model', version)] = Loaded.load(version, path, fallback_spec)
+    p = _worker.get(('state', state_path, bucket_us))
+    if p is None: p = _worker[('state', state_path, bucket_us)] = Predictor(_Fixed(c), state_path, bucket=f"{bucket_us}us")
+    p.champion = _Fixed(c)
+    return p.devices(ids, c)
+
 class Scorer:
     "Scores the devices heard from in one batch every `interval` seconds (a background thread): lake dataset + latest state."
     def __init__(self, predictor:Predictor,           # the champion and its feature cache
@@ -386,10 +413,13 @@ class Scorer:
                  interval:float=5.0,                  # seconds between passes
                  writer_id:str='ingest-0',            # names the files, so several ingesters never collide
                  chunk:int=500,                       # devices per feature batch
-                 max_wait:int=3):                     # passes a device waits for latest state to hold its newest readings
+                 max_wait:int=3,                      # passes a device waits for latest state to hold its newest readings
+                 process:bool=True,                   # compute features and scores in a worker process (else in this thread)
+                 nice:int=10):                        # the worker's niceness: ingestion first
         self.predictor, self.lake, self.dataset, self.interval = predictor, lake, dataset, interval
-        self.writer_id, self.chunk, self.max_wait = writer_id, chunk, max_wait
-        self._dirty: dict[str, int] = {}; self._waits: dict[str, int] = {}
+        self.writer_id, self.chunk, self.max_wait, self.process, self.nice = writer_id, chunk, max_wait, process, nice
+        self._pool = None
+        self._dirty: dict[str, int] = {}; self._waits: dict[str, int] = {}; self._marks: list[pa.Table] = []
         self._last: dict[str, tuple] = {}   # device -> (interval, version) of the last score written
         self._lock, self._stop, self._thread, self._pass_lock = threading.Lock(), threading.Event(), None, threading.Lock()
         self.passes = self.scored = self.errors = self.rows_written = 0
@@ -397,19 +427,27 @@ class Scorer:
         self.last_pass_seconds = 0.0; self.last_version = None
 
     def mark(self, table:pa.Table) -> None:
-        "The ingest hook ('score' destination): note the devices of `table` and their newest reading time. Cheap."
+        """The ingest hook ('score' destination): keep the device ids and times of `table` for the next pass. Cheap: it runs
+        for every batch in the ingestion path, so the grouping per device waits for the pass (`_fold`), once over all batches."""
         if not table.num_rows: return
-        g = table.select(['device_id', 'ts']).group_by('device_id').aggregate([('ts', 'max')])
+        with self._lock: self._marks.append(table.select(['device_id', 'ts']))
+
+    def _fold(self) -> None:
+        "Fold the marked batches into `_dirty` (device -> newest reading time, epoch us)."
+        with self._lock: marks, self._marks = self._marks, []
+        if not marks: return
+        t = pa.concat_tables(marks, promote_options='default')
+        g = t.group_by('device_id').aggregate([('ts', 'max')])
         ids, mx = g.column('device_id').to_pylist(), pc.cast(g.column('ts_max'), pa.int64()).to_pylist()
         with self._lock:
             d = self._dirty
-            for i, t in zip(ids, mx):
-                if t > d.get(i, -1): d[i] = t
+            for i, x in zip(ids, mx):
+                if x > d.get(i, -1): d[i] = x
 
     @property
     def pending(self) -> int:
         "Devices waiting for the next pass."
-        return len(self._dirty)
+        self._fold(); return len(self._dirty)
 
     def start(self) -> Scorer:
         if self._thread is None:
@@ -428,6 +466,7 @@ class Scorer:
         if self._thread is not None: self._thread.join(60)
         try: self.run_once(force=True)
         except Exception as e: log.error("last scoring pass failed", extra={'error': repr(e)})
+        if self._pool is not None: self._pool.shutdown(wait=True, cancel_futures=True); self._pool = None
 
     def _skip(self, reason:str, n:int=1):
         self.skipped[reason] = self.skipped.get(reason, 0) + n
@@ -437,6 +476,7 @@ class Scorer:
         is written when its newest complete interval or the model version changed since its last one."""
         with self._pass_lock:
             t0 = time.perf_counter()
+            self._fold()
             with self._lock: dirty, self._dirty = self._dirty, {}
             if not dirty: return 0
             c = self.predictor.champion.current
@@ -444,7 +484,7 @@ class Scorer:
             ready = self._ready(dirty, force)
             preds = []
             for i in range(0, len(ready), self.chunk):
-                p, errs = self.predictor.devices(ready[i:i + self.chunk], c)
+                p, errs = self._devices(ready[i:i + self.chunk], c)
                 preds += p
                 for e in errs: self._skip('unknown_device' if 'no readings' in e['error'] else 'not_enough_history')
             new = [p for p in preds if self._last.get(p['device_id']) != (p['ts'], p['model_version'])]
@@ -457,15 +497,37 @@ class Scorer:
             self.last_pass_seconds = time.perf_counter() - t0
             return len(preds)
 
+    def _devices(self, ids:list[str], c:Loaded) -> tuple[list[dict], list[dict]]:
+        """(predictions, errors) for `ids`: in the worker process (its results fill the predictor's cache too, so /v1/predict
+        answers them without recomputing), or in this thread when `process` is off or the worker cannot start."""
+        if not self.process: return self.predictor.devices(ids, c)
+        if self._pool is None:
+            import concurrent.futures, multiprocessing
+            self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),
+                                                                initializer=_worker_init, initargs=(self.nice,))
+        pr = self.predictor
+        try:
+            preds, errs = self._pool.submit(_worker_devices, str(pr.state_path), pr.bucket_us, c.version, str(c.path),
+                                            getattr(pr.champion, "fallback_spec", None), ids).result()
+        except Exception as e:   # a worker that died (memory, a signal) or could not start: score in this thread from now on
+            log.error("the scoring worker process failed; scoring goes on in the server process", extra={'error': repr(e)})
+            self.process = False; self._pool.shutdown(wait=False, cancel_futures=True); self._pool = None
+            return pr.devices(ids, c)
+        if len(pr._pred) > pr.max_cache: pr._pred.clear()
+        for p in preds: pr._pred[p['device_id']] = (pd.Timestamp(p['ts']).value // 1000, c.version, p)
+        return preds, errs
+
     def _ready(self, dirty:dict, force:bool) -> list[str]:
-        "The devices whose newest marked reading latest state already holds (or that waited `max_wait` passes); the rest wait."
-        ids = list(dirty); con = self.predictor.con(); seen = {}
+        """The devices for which latest state already holds a reading of the interval of their newest marked one (so the newest
+        complete interval it shows is the one the marks imply), or that waited `max_wait` passes; the rest wait. Under a steady
+        stream the newest marked reading is always a little ahead of latest state: waiting for it exactly would defer every device."""
+        ids = list(dirty); con = self.predictor.con(); seen = {}; b = self.predictor.bucket_us
         for i in range(0, len(ids), 5000):
             part = ids[i:i + 5000]
             seen.update(con.execute(f"SELECT device_id, ts FROM seen WHERE device_id IN ({','.join('?' * len(part))})", part).fetchall())
         ready, later = [], {}
         for d, t in dirty.items():
-            if force or seen.get(d, -1) >= t or self._waits.get(d, 0) >= self.max_wait:
+            if force or seen.get(d, -1) >= t - t % b or self._waits.get(d, 0) >= self.max_wait:
                 ready.append(d); self._waits.pop(d, None)
             else: later[d] = t; self._waits[d] = self._waits.get(d, 0) + 1
         if later:
