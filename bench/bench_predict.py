@@ -12,11 +12,20 @@ in its own process on a free loopback port.
 3. Ingestion with streaming scoring on vs off: `wrk` posting a body of 1,000 readings of the 8 pumps (the hour after the
    lake ends) for `--ingest-seconds`; scoring passes every `--interval` s (every pass re-scores the 8 devices, whose state
    changed). Ratio of readings/s on / off (goal >= 0.8).
+4. Scale case (`--devices`, default 1,000; 0 skips it): latest state warmed with 250 hourly aggregates per device and
+   sensor (the example pumps' own hours, pump i%8 for device i, scaled 0.95-1.05 per device), the example bundle with
+   `expected` set to this stream's readings per interval. Then 16 keep-alive clients post bodies of 1,000 readings in time
+   order: every `--step-seconds` (30) simulated seconds each device sends each of its 7 sensors once, so the fleet's 7,000
+   readings of one step fill 7 bodies and every device completes an interval every 840 bodies (~3 s of wall time at
+   300k readings/s). Same bodies with scoring off and on, `--scale-seconds` (20) each; readings/s, ratio, scoring passes,
+   devices per pass and seconds per pass (/metrics), and the lag from an interval's end (the acknowledgement of the first
+   body of the next interval holding the device) to its score's `scored_at` (GET /v1/scores, polled every second; both modes).
 Medians of `--runs` runs. `wrk` is installed with apt-get when missing (needs root).
 
 Example:
   python bench/bench_predict.py                      # 3 runs: 20 s open loop at 200 req/s, 10 s closed loop, 10 s ingestion x2
   python bench/bench_predict.py --runs 1 --seconds 5 --ingest-seconds 5
+  python bench/bench_predict.py --only-scale --devices 1000   # only the scale case
 """
 import argparse, asyncio, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path

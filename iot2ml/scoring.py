@@ -16,6 +16,12 @@ feature row and the prediction of a device change once per interval: they are ca
 spec) and (device, interval, model version), and a request for a device costs one SQLite primary-key lookup (its newest
 reading time) unless a new interval completed or another champion was promoted. Late readings of an interval already
 scored do not refresh its cached score.
+
+Streaming scoring shares the machine with ingestion, not the interpreter: a pass's work (online features over each device's
+241-hour window, the model, the detector: seconds of pandas for 1,000 devices) runs in one worker process started with
+`nice` 10, so it never holds the server's GIL and gets the CPU only when ingestion leaves some; the server thread only
+picks the devices, writes the scores and fills the predictor's cache with them. The ingest hook (`Scorer.mark`) keeps the
+batches' (device_id, ts) columns; they are grouped once per pass.
 """
 from __future__ import annotations
 import logging, math, os, sqlite3, threading, time
