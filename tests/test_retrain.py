@@ -32,7 +32,8 @@ def proj(first, tmp_path):
 
 def test_first_retrain_promotes_with_lineage(first):
     d, out = first
-    assert "stage prepare ..." in out and "stage train ..." in out and "registered v1" in out and 'promoted' in out
+    # each stage ran, or came back from DVC's run cache when another test already ran the same inputs
+    assert "stage prepare" in out and "stage train" in out and "registered v1" in out and 'promoted' in out
     assert aliases(d)['aliases'] == {'champion': 'v1'}
     c = card(d, 'v1')
     head = run('git rev-parse HEAD', d).stdout.strip()
@@ -63,7 +64,7 @@ def second(first, tmp_path_factory):
 
 def test_gate_refuses_worse_model(second):
     d, out = second
-    assert 'refused' in out and 'stage prepare ...' in out and 'stage train ...' in out
+    assert 'refused' in out and 'stage prepare ...' in out and 'stage train ...' in out       # new data and params: rerun
     assert aliases(d)['aliases'] == {'champion': 'v1', 'challenger': 'v2'}
     r = runs(d)[-1]
     assert r['status'] == 'refused' and r['versions'] == {'champion_before': 'v1', 'challenger': 'v2', 'champion_after': 'v1'}
@@ -72,7 +73,7 @@ def test_gate_refuses_worse_model(second):
     ho = card(d, 'v2')['metrics']['holdout']
     assert ho['champion']['version'] == 'v1' and ho['metrics']['pr_auc'] < ho['champion']['metrics']['pr_auc']
     assert ho['period'] == r['holdout']                                     # both scored on the same rows
-    assert card(d, 'v2')['git']['dirty'] is True and card(d, 'v2')['git']['changed'] == ['data.dvc', 'params.yaml']
+    assert card(d, 'v2')['git']['dirty'] is True and set(card(d, 'v2')['git']['changed']) - {'dvc.lock'} == {'data.dvc', 'params.yaml'}
     assert card(d, 'v2')['data']['md5'] != card(d, 'v1')['data']['md5']
 
 def test_force_then_rollback(second, tmp_path):
