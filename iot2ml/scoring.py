@@ -455,7 +455,18 @@ class Scorer:
         "Devices waiting for the next pass."
         self._fold(); return len(self._dirty)
 
+    def _ensure_pool(self) -> None:
+        "The worker process; started with the scorer (spawning it under load, at the first pass, cost ingestion a third)."
+        if self._pool is None:
+            import concurrent.futures, multiprocessing
+            self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),
+                                                                initializer=_worker_init, initargs=(self.nice,))
+            self._pool.submit(os.getpid)    # spawn and import now, not during the first pass
+
     def start(self) -> Scorer:
+        if self.process:
+            try: self._ensure_pool()
+            except Exception as e: log.error("the scoring worker process could not start; scoring runs in the server process", extra={'error': repr(e)}); self.process = False
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name='scorer', daemon=True); self._thread.start()
         return self
@@ -507,10 +518,7 @@ class Scorer:
         """(predictions, errors) for `ids`: in the worker process (its results fill the predictor's cache too, so /v1/predict
         answers them without recomputing), or in this thread when `process` is off or the worker cannot start."""
         if not self.process: return self.predictor.devices(ids, c)
-        if self._pool is None:
-            import concurrent.futures, multiprocessing
-            self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),
-                                                                initializer=_worker_init, initargs=(self.nice,))
+        self._ensure_pool()
         pr = self.predictor
         try:
             preds, errs = self._pool.submit(_worker_devices, str(pr.state_path), pr.bucket_us, c.version, str(c.path),
