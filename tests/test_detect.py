@@ -183,3 +183,44 @@ def test_auto_catches_a_broken_relationship_within_range():
     normal = np.r_[p[:2100], p[2850:]]                                               # 150 rows after the end to recover
     assert p[2100:2700].mean() > 0.6 and p[:2100].mean() < 0.01 and normal.mean() < 0.05   # the plant drifts late: a few rows
     assert d.explain(Y.iloc[2600:2700]).value_counts().index[0] in ('spe', 't2')
+
+
+def drifting_machine(seed=0, n=1100):
+    """8 sensors at 1 s, several driven by a common load; the temperature warms up slowly and harmlessly all along
+    (70 + 0.002 per row); rows 700-950 hold a fault: current +0.4 and flow -2 (a relationship break / level shift)."""
+    rng = np.random.default_rng(seed); t = np.arange(n)
+    load = 0.6 + 0.2 * np.sin(2 * np.pi * t / 150) + 0.05 * rng.normal(size=n)
+    X = pd.DataFrame({'accel1': 0.5 * load + rng.normal(0, .05, n), 'accel2': 0.4 * load + rng.normal(0, .05, n),
+                      'current': 2 + load + rng.normal(0, .05, n), 'pressure': 1 + 0.5 * load + rng.normal(0, .03, n),
+                      'temperature': 70 + 0.002 * t + rng.normal(0, .1, n), 'thermocouple': 30 + 2 * load + rng.normal(0, .2, n),
+                      'voltage': 230 + rng.normal(0, .5, n), 'flow': 30 + 10 * load + rng.normal(0, .3, n)},
+                     index=pd.date_range('2024-01-01', periods=n, freq='1s'))
+    X.iloc[700:950, X.columns.get_loc('current')] += 0.4; X.iloc[700:950, X.columns.get_loc('flow')] -= 2
+    return X
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_auto_tolerates_slow_drift_seen_in_fit_and_still_flags_the_fault(seed):
+    X = drifting_machine(seed); d = make_detector().fit(X.iloc[:400]); test = X.iloc[400:]
+    p = d.predict(test).to_numpy(); fault = np.zeros(len(test), bool); fault[300:550] = True
+    assert p[~fault].mean() < 0.05 and p[fault].mean() > 0.6
+    assert not d.explain(test)[p == 1].str.startswith('level:temperature').any()
+    off = make_detector('auto', trend=False).fit(X.iloc[:400]).predict(test).to_numpy()
+    assert off[~fault].mean() > 0.1                                  # without the fit trend the drift alarms
+
+
+@pytest.mark.parametrize('name', ['auto', 'pca'])
+def test_unsorted_rows_give_the_same_answers_in_the_callers_order(name):
+    X = plant(1500, seed=5); X.iloc[1100:1200, 2] += 5
+    d = make_detector(name).fit(X.iloc[:400].iloc[::-1]); ref = make_detector(name).fit(X.iloc[:400])
+    rest = X.iloc[400:]; perm = np.random.default_rng(0).permutation(len(rest))
+    p, s = d.predict(rest.iloc[perm]), d.anomaly_score(rest.iloc[perm])
+    assert p.index.equals(rest.index[perm])
+    np.testing.assert_array_equal(p.sort_index().to_numpy(), ref.predict(rest).to_numpy())
+    np.testing.assert_allclose(s.sort_index().to_numpy(), ref.anomaly_score(rest).to_numpy())
+    assert p.loc[rest.index[700:800]].mean() > 0.5
+    assert d.score_last(rest.iloc[perm])['anomaly'].iloc[0] == pytest.approx(ref.score_last(rest)['anomaly'].iloc[0])
+    fleet = pd.concat({'a': rest, 'b': rest}, names=['device_id', 'ts']); f = fleet.iloc[np.r_[perm, perm + len(rest)][::-1]]
+    fd = make_detector(name).fit(pd.concat({'a': X.iloc[:400], 'b': X.iloc[:400]}, names=['device_id', 'ts']).iloc[::-1])
+    fp = fd.predict(f); assert fp.index.equals(f.index)
+    np.testing.assert_array_equal(fp.loc['a'].sort_index().to_numpy(), fp.loc['b'].sort_index().to_numpy())
