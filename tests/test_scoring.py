@@ -19,7 +19,7 @@ from iot2ml.state import LatestState
 def free_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
-def wait_for(fn, timeout=15, what='condition'):
+def wait_for(fn, timeout=60, what='condition'):   # generous: a loaded CI machine is slow, and this is not a timing test
     t = time.time()
     while time.time() - t < timeout:
         v = fn()
@@ -140,7 +140,7 @@ def test_errors(bundles, make_server):
     assert r.status_code == 503 and 'promote one: iot2ml models promote V or iot2ml retrain' in r.json()['error']
     assert 'iot2ml_model_info{version="none"} 0' in s.http.get('/metrics').text
     s.models.promote('v1', reason='test')       # picked up without a restart
-    wait_for(lambda: s.predict({'devices': ['pump-0001']}).status_code == 200, 10, 'the first champion')
+    wait_for(lambda: s.predict({'devices': ['pump-0001']}).status_code == 200, 30, 'the first champion')
     # an unknown device and one with too little history are per-device errors; the others are answered
     s.svc.state.update(pa.table({'device_id': ['pump-0099'] * 2, 'sensor': ['flow'] * 2, 'value': [1.0, 2.0],
                                  'ts': pd.to_datetime(['2026-01-14T22:10Z', '2026-01-14T23:10Z'])}))
@@ -182,8 +182,8 @@ def test_hot_reload_under_load_fails_no_request(bundles, make_server):
         wait_for(lambda: len(seen) > 20, what='requests')
         for version in ('v2', 'v1', 'v2'):
             t0 = time.time(); s.models.promote(version, reason='hot reload test')
-            wait_for(lambda: any(t > t0 and v == version for t, v in seen[-20:]), 5, f"responses from {version}")
-            time.sleep(0.5); n = len(seen)   # requests that began before the swap may still end on the old model
+            wait_for(lambda: any(t > t0 and v == version for t, v in seen[-20:]), 20, f"responses from {version}")
+            time.sleep(2.0); n = len(seen)   # requests that began before the swap may still end on the old model
             wait_for(lambda: len(seen) > n + 20, what='more requests')
             assert {v for t, v in seen[n:]} == {version}                           # once switched, no old answers
     finally:
@@ -196,7 +196,7 @@ def test_hot_reload_under_load_fails_no_request(bundles, make_server):
     (s.root/'broken').mkdir(); shutil.copy(broken/'model.json', s.root/'broken'/'model.json')
     (s.root/'broken'/'model.joblib').write_bytes(b'not a model')
     s.models.promote(s.models.register(s.root/'broken'), reason='broken on purpose')
-    wait_for(lambda: s.svc.predictor.champion.failures >= 1, 5, 'the failed load')
+    wait_for(lambda: s.svc.predictor.champion.failures >= 1, 30, 'the failed load')
     r = s.predict({'devices': ['pump-0001']})
     assert r.status_code == 200 and r.json()['model_version'] == 'v2'
 
@@ -212,7 +212,7 @@ def test_streaming_scoring_writes_lake_and_latest_state(bundles, make_server):
         try: df = lake.sql("SELECT * FROM raw.scores")
         except Exception: return None
         return df if set(df['device_id']) >= {'pump-0001', 'pump-0002', 'pump-0003'} else None
-    df = wait_for(scored, 15, 'scores in the lake')
+    df = wait_for(scored, 60, 'scores in the lake')
     assert set(df['model_version']) == {'v1'} and (df['ts'] == pd.Timestamp('2026-01-14 23:00', tz='UTC')).all()   # 23:00 is complete now
     assert df['risk'].between(0, 1).all() and set(df['alert']) <= {0, 1} and df['scored_at'].notna().all()
     assert {'device_id', 'ts', 'scored_at', 'model_version', 'risk', 'alert', 'rul_hours', 'anomaly'} <= set(df.columns)
