@@ -31,7 +31,8 @@ def test_sklearn_compatible(name):
     assert set(p.unique()) <= {0, 1} and p.dtype.kind == 'i' and s.dtype.kind == 'f'
 
 
-@pytest.mark.parametrize('name,kw', [(n, {}) for n in NAMES] + [(n, {'features': 'rolling'}) for n in ('pca', 'iforest', 'forecast')])
+@pytest.mark.parametrize('name,kw', [(n, {}) for n in NAMES] + [(n, {'features': 'rolling'}) for n in ('pca', 'iforest', 'forecast')]
+                         + [('auto', {'baseline_w': 200})])
 def test_causal(name, kw):
     X = plant(1500, seed=1); X.iloc[1100:1200, 2] += 5
     d = make_detector(name, **kw).fit(X.iloc[:400]); rest = X.iloc[400:]
@@ -224,3 +225,11 @@ def test_unsorted_rows_give_the_same_answers_in_the_callers_order(name):
     fd = make_detector(name).fit(pd.concat({'a': X.iloc[:400], 'b': X.iloc[:400]}, names=['device_id', 'ts']).iloc[::-1])
     fp = fd.predict(f); assert fp.index.equals(f.index)
     np.testing.assert_array_equal(fp.loc['a'].sort_index().to_numpy(), fp.loc['b'].sort_index().to_numpy())
+
+
+def test_auto_fitted_before_the_trend_was_kept_still_scores():
+    "A detector unpickled from an older bundle lacks the new attributes: it scores as before (no trend, no baseline)."
+    X = plant(1500, seed=9); d = make_detector().fit(X.iloc[:400])
+    old = make_detector(trend=False).fit(X.iloc[:400])
+    for a in ('trend', 'trend_power', 'baseline_w', 'baseline_gate', 'baseline_t2', 'trend_', 'tail_t_'): delattr(d, a)
+    np.testing.assert_allclose(d.anomaly_score(X.iloc[400:]).to_numpy(), old.anomaly_score(X.iloc[400:]).to_numpy())
