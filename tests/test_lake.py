@@ -127,3 +127,15 @@ def test_byte_reproducible(tmp_path):
         lk.land(batch(minutes=90, start='2026-01-01 23:00'), 'b1'); lk.land(batch(minutes=3, arrival='2026-01-05'), 'b2')
         lk.process(); lk.publish_hourly(); lk.write_reference('assets', pd.DataFrame({'device_id': ['pump-0001'], 'site': ['n']}))
     assert _digest(tmp_path/'a') == _digest(tmp_path/'b')
+
+def test_read_a_derived_dataset_without_sensors(tmp_path):
+    "Datasets other than telemetry (the model's scores) read too; asking them for sensors is a clear error."
+    import pyarrow as pa, pyarrow.parquet as pq
+    from iot2ml.lake import Lake, LakeError
+    lake = Lake(tmp_path/'lake', tmp_path/'reference', fsync=False)
+    d = tmp_path/'lake'/'raw'/'scores'/'date=2026-01-02'; d.mkdir(parents=True)
+    ts = pd.to_datetime(['2026-01-02T01:00Z', '2026-01-02T00:00Z'])
+    pq.write_table(pa.table({'device_id': ['p2', 'p1'], 'ts': ts, 'risk': [0.5, 0.1]}), d/'a.parquet')
+    df = lake.read('scores', tier='raw')
+    assert list(df['device_id']) == ['p1', 'p2'] and list(df['risk']) == [0.1, 0.5]
+    with pytest.raises(LakeError, match="no sensor column"): lake.read('scores', sensors=['flow'], tier='raw')
