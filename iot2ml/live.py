@@ -211,8 +211,13 @@ def live_demo(settings, spec:FleetSpec, hours:float=24, speed:float=3600, echo=p
     for f in state_dir.glob('latest.sqlite*'): f.unlink()                  # a fresh window: the replay is the same each run
     for d in (state_dir/'spool', state_dir/'deadletter'): shutil.rmtree(d, ignore_errors=True)
     end = pd.Timestamp(spec.start, tz='UTC') + pd.Timedelta(days=spec.days)
-    p = Params().features
-    history = FeatureSpec(windows=p.windows, normal_window=p.normal_window, lags=p.lags).history
+    from .mlregistry import ModelRegistry
+    from .models import load_model
+    champ = ModelRegistry.from_settings(s).champion()
+    fs = getattr(load_model(champ[1]), 'feature_spec', None) if champ else None
+    if fs is None:
+        p = Params().features; fs = FeatureSpec(windows=p.windows, normal_window=p.normal_window, lags=p.lags)
+    history = fs.history                                                  # what the champion's features look back over
     lake = Lake.from_settings(s)
     agg = lake.aggregate('telemetry', every=f"{int(pd.Timedelta(s.ingest.bucket).total_seconds())} seconds", start=end - history - pd.Timedelta(s.ingest.bucket))
     st = LatestState(state_dir/'latest.sqlite', bucket=s.ingest.bucket, window=s.ingest.window); n = st.warm(agg); st.con.close()
@@ -223,9 +228,10 @@ def live_demo(settings, spec:FleetSpec, hours:float=24, speed:float=3600, echo=p
     port = _free_port(); url = f"http://127.0.0.1:{port}"
     env = os.environ | {'IOT2ML_SCORING__ENABLED': 'true', 'IOT2ML_SCORING__INTERVAL': '2', 'IOT2ML_DATA_DIR': str(live_dir)}
     cmd = [str(Path(sys.executable).parent/'iot2ml'), 'serve', '--port', str(port), '--log-level', 'warning']
-    proc = subprocess.Popen(cmd, cwd=s.path('root'), env=env, stdout=subprocess.DEVNULL, stderr=open(state_dir/'demo-serve.log', 'w'))
+    log_file = open(state_dir/'demo-serve.log', 'w')
+    proc = subprocess.Popen(cmd, cwd=s.path('root'), env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    c = httpx.Client(base_url=url, headers={'Authorization': f'Bearer {token}'}, timeout=30)
     try:
-        c = httpx.Client(base_url=url, headers={'Authorization': f'Bearer {token}'}, timeout=30)
         t0 = time.monotonic()
         while True:
             try:
@@ -256,6 +262,7 @@ def live_demo(settings, spec:FleetSpec, hours:float=24, speed:float=3600, echo=p
         echo(f"\nPOST /v1/predict {{\"devices\": [\"{top['device_id'].iloc[0]}\"]}} -> {pr.status_code} {pr.text[:300]}")
         return dict(url=url, sent=sent, scored=len(df), alerts=int(df['alert'].sum()), version=df['model_version'].iloc[0])
     finally:
-        proc.terminate()
+        c.close(); proc.terminate()
         try: proc.wait(20)
-        except subprocess.TimeoutExpired: proc.kill()
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+        log_file.close()

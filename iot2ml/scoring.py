@@ -239,11 +239,11 @@ class Predictor:
             r = con.execute("SELECT ts FROM seen WHERE device_id=?", (ids[0],)).fetchone()
             newest = {ids[0]: r[0]} if r is not None else {}
         else: newest = dict(con.execute(f"SELECT device_id, ts FROM seen WHERE device_id IN ({','.join('?' * len(ids))})", ids).fetchall())
-        for d in ids:   # buckets without readings (warmed from the lake): their newest bucket
-            if d not in newest:
+        cap = {d: t - t % b - b for d, t in newest.items()}   # the interval before the newest reading's: complete
+        for d in ids:   # buckets without readings (warmed from the lake, complete): their newest bucket
+            if d not in cap:
                 r = con.execute("SELECT max(ts) FROM buckets WHERE device_id=?", (d,)).fetchone()
-                if r[0] is not None: newest[d] = r[0]
-        cap = {d: t - t % b - b for d, t in newest.items()}
+                if r[0] is not None: cap[d] = r[0]
         if not cap or c is None: return cap
         need = max(1.0, c.spec.expected * c.spec.min_coverage); look = self.look_back * b
         ds = list(cap); qs = ','.join('?' * len(ds))
@@ -275,7 +275,7 @@ class Predictor:
         "Per device its newest feature row (1-row DataFrame) or (404, message) when unknown or short of history."
         self._check_bucket(c)
         keys = self.keys(ids, c) if keys is None else keys
-        spec, sid = c.spec, id(c.spec)
+        spec, sid = c.spec, c.version   # the cache is per model version (an id() can be reused)
         out, todo = {}, []
         for d in ids:
             if d not in keys: out[d] = (404, _UNKNOWN.format(d=d)); continue
@@ -438,6 +438,12 @@ class Scorer:
         if not table.num_rows: return
         with self._lock: self._marks.append(table.select(['device_id', 'ts']))
 
+    def _requeue(self, dirty:dict) -> None:
+        "Put devices back for the next pass (keeping the newer time where one was marked since)."
+        with self._lock:
+            for d, t in dirty.items():
+                if t > self._dirty.get(d, -1): self._dirty[d] = t
+
     def _fold(self) -> None:
         "Fold the marked batches into `_dirty` (device -> newest reading time, epoch us)."
         with self._lock: marks, self._marks = self._marks, []
@@ -497,19 +503,23 @@ class Scorer:
             with self._lock: dirty, self._dirty = self._dirty, {}
             if not dirty: return 0
             c = self.predictor.champion.current
-            if c is None: self._skip('no_champion', len(dirty)); return 0
-            ready = self._ready(dirty, force)
-            preds = []
-            for i in range(0, len(ready), self.chunk):
-                p, errs = self._devices(ready[i:i + self.chunk], c)
-                preds += p
-                for e in errs: self._skip('unknown_device' if 'no readings' in e['error'] else 'not_enough_history')
-            new = [p for p in preds if self._last.get(p['device_id']) != (p['ts'], p['model_version'])]
-            if len(new) < len(preds): self._skip('unchanged', len(preds) - len(new))
-            preds = new
-            if preds:
-                self._write(preds)
-                for p in preds: self._last[p['device_id']] = (p['ts'], p['model_version'])
+            if c is None:   # keep them marked: a champion promoted later scores their newest interval
+                self._skip('no_champion', len(dirty)); self._requeue(dirty); return 0
+            try:
+                ready = self._ready(dirty, force)
+                preds = []
+                for i in range(0, len(ready), self.chunk):
+                    p, errs = self._devices(ready[i:i + self.chunk], c)
+                    preds += p
+                    for e in errs: self._skip('unknown_device' if 'no readings' in e['error'] else 'not_enough_history')
+                new = [p for p in preds if self._last.get(p['device_id']) != (p['ts'], p['model_version'])]
+                if len(new) < len(preds): self._skip('unchanged', len(preds) - len(new))
+                preds = new
+                if preds:
+                    self._write(preds)
+                    for p in preds: self._last[p['device_id']] = (p['ts'], p['model_version'])
+            except Exception:   # a failed pass (lake write, worker): its devices wait for the next one, not for new readings
+                self._requeue(dirty); raise
             self.passes += 1; self.scored += len(preds); self.last_version = c.version
             self.last_pass_seconds = time.perf_counter() - t0
             return len(preds)

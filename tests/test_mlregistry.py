@@ -165,3 +165,13 @@ def test_scheduler_cli_list_and_once_with_configured_jobs(tmp_path):
     r = subprocess.run([iot2ml, 'scheduler', '--once', 'weekly'], cwd=tmp_path, capture_output=True, text=True)   # no params.yaml
     rec = json.loads(r.stdout.splitlines()[-1])
     assert r.returncode == 1 and rec['status'] == 'failed' and 'params.yaml does not exist' in rec['detail']
+
+def test_drift_refuses_a_live_table_without_the_features():
+    "A live table that lacks the model's columns is an error naming them, not '100% drifted' (which would trigger a retrain)."
+    from iot2ml.mlregistry import RegistryError
+    rng = np.random.default_rng(1)
+    train = pd.DataFrame({'a': rng.normal(size=500), 'b': rng.normal(size=500)})
+    with pytest.raises(RegistryError, match='lacks 2 of the 2 feature columns'):
+        drift_report(train, pd.DataFrame({'foo': [1.0]}), SchedulerSettings(), features=['a', 'b'])
+    rep = drift_report(train, pd.DataFrame({'a': rng.normal(size=300)}), SchedulerSettings(drift_share=0.5), features=['a', 'b'])
+    assert list(rep.table.index) == ['a'] and not rep.drifted      # 'b' has no live values: left out, not counted as drift
