@@ -1,4 +1,4 @@
-"""`make demo` wall time from a fresh clone: venv + install (package cache warm) + simulate + snapshot + dvc repro.
+"""`make demo` wall time from a fresh clone: venv + install (package cache warm) + simulate + snapshot + dvc repro + retrain + the live part (serve with scoring, replay).
 
 Clones the committed HEAD into a temporary folder for each run, so nothing of this working tree leaks in.
 Prints each run, the median, and the time of the main job alone (`iot2ml demo`, read from its own output).
