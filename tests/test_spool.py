@@ -107,13 +107,13 @@ def readings(k):
 class CrashAfterLand(Lake):
     def land(self, *a, **kw):
         r = super().land(*a, **kw)
-        print(f"landed {r.batch_id}", flush=True); os._exit(9)   # after the landing, before the segment delete
+        print(f"landed {r.batch_id}\n", end='', flush=True); os._exit(9)   # after the landing, before the segment delete
 lake = (CrashAfterLand if os.environ.get('SPOOL_CRASH_AFTER_LAND') else Lake)(lake_dir)
 w = SpooledWriter(lake, spool_dir, writer_id='crash', flush_rows=int(os.environ.get('FLUSH_ROWS', '50')), flush_seconds=3600).start()
 print("started", flush=True)
 for k in range(n):
     w.append(readings(k)).result()
-    print(k, flush=True)              # k and everything before it are acknowledged
+    print(f"{k}\n", end='', flush=True)   # k and everything before it are acknowledged (one write: threads print too)
 os._exit(0)                           # no close(): leave the spool as a crash would
 '''
 
