@@ -84,3 +84,15 @@ def test_wide_round_trip():
     assert list(w.columns) == ['flow', 'power'] and w.loc[('b', pd.Timestamp('2026-01-01', tz='UTC')), 'power'] == 5.0
     back = to_long(w)
     pd.testing.assert_frame_equal(back, df.sort_values(['device_id', 'sensor', 'ts'], ignore_index=True), check_dtype=False)
+
+def test_wide_json_null_sensor_is_not_read_and_bool_ids_are_refused():
+    "A wide record's null sensor means 'not read' (as a blank CSV cell): the record is accepted whole; true/false is no id."
+    import json
+    from iot2ml.parse import parse_body, check_parsed
+    now = pd.Timestamp('2026-06-01', tz='UTC')
+    p = parse_body(json.dumps({'device_id': 'p1', 'ts': '2026-01-01T00:00:00Z', 'flow': None, 'power': 1.0}).encode(), 'application/json')
+    t, rec, errs = check_parsed(p, now=now)
+    assert errs == [] and t.column('sensor').to_pylist() == ['power'] and rec.tolist() == [0]
+    p = parse_body(json.dumps({'device_id': False, 'ts': '2026-01-01T00:00:00Z', 'power': 1.0}).encode(), 'application/json')
+    t, rec, errs = check_parsed(p, now=now)
+    assert t.num_rows == 0 and len(errs) == 1 and errs[0].field == 'device_id' and 'not a valid device id' in errs[0].message
