@@ -282,9 +282,10 @@ cli.add_command(_broker_config, 'broker-config')
 @cli.command()
 @click.option('--host', help="address to listen on (default: [ingest] host, 127.0.0.1)")
 @click.option('--port', type=click.IntRange(0, 65535), help="port (default: [ingest] port, 8000)")
+@click.option('--writer-id', help="this server's spool and batch names (default: [ingest] writer_id, else http-<port>); unique per ingester")
 @click.option('--log-level', type=click.Choice(['debug', 'info', 'warning', 'error']), default='warning', show_default=True)
 @click.pass_context
-def serve(ctx, host, port, log_level):
+def serve(ctx, host, port, writer_id, log_level):
     """Run the HTTP service: ingest readings, latest state, metrics; OpenAPI docs at /docs.
 
     \b
@@ -299,7 +300,8 @@ def serve(ctx, host, port, log_level):
     from iot2ml.service import configure_logging
     configure_logging(log_level)   # JSON lines on stderr, uvicorn's too
     click.echo(f"iot2ml serve on http://{h}:{p} (docs: /docs); state in {s.path('state_dir')}; Ctrl-C to stop")
-    uvicorn.run(create_app(s), host=h, port=p, log_level=log_level, access_log=False, log_config=None)
+    wid = writer_id or s.ingest.writer_id or f"http-{p}"   # its own spool: an MQTT ingester may run beside it
+    uvicorn.run(create_app(s, writer_id=wid), host=h, port=p, log_level=log_level, access_log=False, log_config=None)
 
 # %% ../nbs/09_cli.ipynb #9d55fad0
 @cli.command('mqtt')
@@ -309,7 +311,7 @@ def serve(ctx, host, port, log_level):
 @click.option('--password-file', type=click.Path(dir_okay=False), help="file with the broker password (default: [mqtt] password_file)")
 @click.option('--client-id', help="fixed client id: the broker keeps its session while the ingester is down")
 @click.option('--shared', 'shared_group', help="MQTT 5 shared-subscription group, to split the stream over several ingesters")
-@click.option('--writer-id', help="this ingester's spool and batch names (default: [ingest] writer_id); unique per ingester")
+@click.option('--writer-id', help="this ingester's spool and batch names (default: [ingest] writer_id, else mqtt-<client id>); unique per ingester")
 @click.option('--log-level', type=click.Choice(['debug', 'info', 'warning', 'error']), default='info', show_default=True)
 @click.pass_context
 def mqtt_(ctx, host, port, username, password_file, client_id, shared_group, writer_id, log_level):
@@ -330,9 +332,10 @@ def mqtt_(ctx, host, port, username, password_file, client_id, shared_group, wri
     password = pw_file.read_text().strip() if pw_file.exists() else None
     if (username or m.username) and password is None:
         raise click.ClickException(f"no broker password in {pw_file}; run `iot2ml broker-config` or pass --password-file")
-    svc = Service(s, writer_id=writer_id).start()
+    client_id = client_id or m.client_id
+    svc = Service(s, writer_id=writer_id or s.ingest.writer_id or f"mqtt-{client_id}").start()   # its own spool: serve may run beside it
     ing = MqttIngester(svc, host or m.host, port or m.port, username or m.username, password,
-                       client_id=client_id or m.client_id, shared_group=shared_group or m.shared_group).start()
+                       client_id=client_id, shared_group=shared_group or m.shared_group).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM): signal.signal(sig, lambda *a: stop.set())
     click.echo(f"iot2ml mqtt: {ing.topic} on {ing.host}:{ing.port}; Ctrl-C to stop")

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = ['CONFIG_NAME', 'ConfigError', 'suggest', 'raise_config_error', 'SimulateSettings', 'LakeSettings', 'RouteSettings',
            'IngestSettings', 'MqttSettings', 'RegistrySettings', 'ScoringSettings', 'JobSettings', 'SchedulerSettings',
            'Settings', 'find_config', 'load_settings', 'PrepareParams', 'FeaturesParams', 'TrainParams',
-           'EvaluateParams', 'ReportParams', 'PromoteParams', 'Params', 'load_params']
+           'EvaluateParams', 'ReportParams', 'PromoteParams', 'Params', 'load_params', 'private']
 
 # %% ../nbs/00_config.ipynb #6701c849
 class ConfigError(ValueError):
@@ -100,7 +100,7 @@ class IngestSettings(_Section):
     max_batch: int = Field(100_000, ge=1, description="more records in one body get 413")
     rate_limit: float = Field(2_000_000, gt=0, description="readings per second per credential (429 beyond)")
     rate_burst: float = Field(4_000_000, gt=0, description="readings a credential may send at once")
-    writer_id: str = Field('ingest-0', description="names this ingester's spool and lake batches; unique per ingester")
+    writer_id: str|None = Field(None, description="names this ingester's spool and lake batches; unique per ingester (default: http-<port> for serve, mqtt-<client id> for mqtt)")
     flush_rows: int = Field(500_000, ge=1, description="land a batch in the lake at this many readings ...")
     flush_bytes: int = Field(256 << 20, ge=1024, description="... or this many spooled bytes ...")
     flush_seconds: float = Field(5.0, gt=0, description="... or when the oldest reading waited this long")
@@ -287,3 +287,15 @@ def load_params(path:Path|str='params.yaml') -> Params:
     data = yaml.safe_load(path.read_text()) or {}
     try: return Params(**data)
     except ValidationError as e: raise_config_error(e, Params, str(path))
+
+# %% ../nbs/00_config.ipynb #8e5fcf5c
+def private(path:Path|str, # a folder to create, or a file that exists
+            mode:int|None=None, # default: 0o750 for a folder, 0o640 for a file; 0o600 for secrets
+           ) -> Path:
+    "Create folder `path` (with parents) or take file `path`, and set its permission bits to `mode`."
+    p = Path(path)
+    for q in [*reversed(p.parents), p]:   # folders it creates on the way get the mode too
+        if not q.exists(): q.mkdir(exist_ok=True); os.chmod(q, 0o750)
+    mode = mode if mode is not None else 0o750 if p.is_dir() else 0o640
+    if p.stat().st_mode & 0o777 != mode: os.chmod(p, mode)
+    return p

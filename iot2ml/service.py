@@ -19,7 +19,7 @@ from typing import Callable
 
 import pandas as pd, pyarrow as pa
 
-from .config import ScoringSettings, Settings, load_settings
+from .config import ScoringSettings, Settings, load_settings, private
 from .ingest import DeadLetters, Ingestor, Outcome, Route
 from .lake import Lake
 from .parse import Parsed
@@ -84,7 +84,7 @@ class Service:
     def __init__(self, settings:Settings|None=None, writer_id:str|None=None, hooks:dict[str, Callable[[pa.Table], None]]|None=None,
                  scoring:ScoringSettings|None=None):   # default: the settings' [scoring]
         s = self.settings = settings or load_settings()
-        ing = s.ingest; state_dir = s.path('state_dir')
+        ing = s.ingest; state_dir = private(s.path('state_dir'))   # token hashes and readings: not for other users
         self.lake = Lake.from_settings(s)
         self.state = LatestState(state_dir/'latest.sqlite', stale_after=ing.stale_after, bucket=ing.bucket, window=ing.window)
         self.updater = StateUpdater(self.state)
@@ -93,7 +93,7 @@ class Service:
         self.hooks = dict(hooks or {})
         routes = [Route(**r.model_dump()) for r in ing.routes]
         self.ingestor = Ingestor(routes, ing.default_to, self.deadletters, device_types=self._device_types)
-        wid = writer_id or ing.writer_id
+        wid = writer_id or ing.writer_id or 'ingest-0'   # the faces pass their own (http-<port>, mqtt-<client id>)
         self.writer = SpooledWriter(self.lake, state_dir/'spool'/wid, writer_id=wid, flush_rows=ing.flush_rows,
                                     flush_bytes=ing.flush_bytes, flush_seconds=ing.flush_seconds, max_bytes=ing.max_spool_bytes,
                                     on_flush=self._on_flush)

@@ -65,6 +65,7 @@ from typing import Callable
 
 import pandas as pd, pyarrow as pa
 
+from .config import private
 from .lake import Lake, _as_raw
 from .schema import RAW_SCHEMA
 
@@ -168,8 +169,8 @@ class SpooledWriter:
     def start(self) -> SpooledWriter:
         "Lock the folder, land every leftover segment (oldest first), open a new segment and start the threads."
         if self._state != 'new': raise RuntimeError(f"{self!r} was already started; make a new SpooledWriter")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.folder/'.lock', 'a+')
+        private(self.folder)   # acknowledged readings: 0750, segments 0640
+        self._lock_file = os.fdopen(os.open(self.folder/'.lock', os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640), 'a+')
         try: fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close(); self._lock_file = None
@@ -205,7 +206,7 @@ class SpooledWriter:
         return best
 
     def _open_segment(self, seq:int) -> _Segment:
-        fd = os.open(self.folder/_seg_name(seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.folder/_seg_name(seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         _fsync_dir(self.folder)
         return _Segment(seq, fd)
 

@@ -8,6 +8,7 @@ Docs: https://iot2ml.github.io/iot2ml/state.html.md"""
 from __future__ import annotations
 import queue, sqlite3, threading, time
 from pathlib import Path
+from .config import private
 import numpy as np, pandas as pd, pyarrow as pa
 
 # %% auto #0
@@ -33,7 +34,7 @@ def _ts(us) -> pd.Series: return pd.to_datetime(pd.Series(us, dtype='int64'), un
 
 def connect(path:Path|str) -> sqlite3.Connection:
     "A connection to the state database at `path` (created with its tables, WAL mode)."
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(mode=0o750, parents=True, exist_ok=True); Path(path).touch(mode=0o640); private(path, 0o640)   # before SQLite opens it: -wal/-shm take its mode
     con = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
     con.execute('PRAGMA journal_mode=WAL'); con.execute('PRAGMA synchronous=NORMAL'); con.execute('PRAGMA busy_timeout=30000')
     con.executescript(_SCHEMA)
