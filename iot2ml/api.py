@@ -75,11 +75,11 @@ def _tune_gc() -> None:
 def _error(status:int, message:str, headers:dict|None=None) -> JSONResponse:
     return JSONResponse({'error': message}, status_code=status, headers=headers)
 
-def create_app(settings:Settings|None=None, service:Service|None=None) -> FastAPI:
-    "The FastAPI app; `service` is built from `settings` (and started/stopped with the app) unless given."
+def create_app(settings:Settings|None=None, service:Service|None=None, writer_id:str|None=None) -> FastAPI:
+    "The FastAPI app; `service` is built from `settings` and `writer_id` (and started/stopped with the app) unless given."
     settings = settings or load_settings()
     own = service is None
-    svc = service or Service(settings)
+    svc = service or Service(settings, writer_id=writer_id)
     if svc.registry is None: svc.registry = Registry.from_settings(settings)
 
     @asynccontextmanager
