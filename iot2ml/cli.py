@@ -13,7 +13,7 @@ import click, pandas as pd
 
 from . import __version__
 from .config import ConfigError, load_settings, Settings
-from .lake import Lake, LakeError, snapshot as lake_snapshot, write_json
+from .lake import Lake, LakeError, SQL_MEMORY_LIMIT, SQL_TIMEOUT, snapshot as lake_snapshot, write_json
 from .simulate import FleetSpec
 
 # %% auto #0
@@ -177,18 +177,25 @@ def lake_compact(ctx, dataset, min_files):
 @click.argument('query')
 @click.option('--format', 'fmt', type=click.Choice(['table', 'csv', 'json']), default='table', show_default=True)
 @click.option('--limit', type=int, default=50, show_default=True, help="rows shown as a table (csv and json print all)")
+@click.option('--timeout', type=click.FloatRange(0, min_open=True), default=SQL_TIMEOUT, show_default=True,
+              help="seconds before the query is stopped")
+@click.option('--memory-limit', default=SQL_MEMORY_LIMIT, show_default=True, help="the most memory the query may use, e.g. 500MB")
 @click.pass_context
-def sql(ctx, query, fmt, limit):
-    """Run a read-only SQL query (DuckDB) over the lake.
+def sql(ctx, query, fmt, limit, timeout, memory_limit):
+    """Run one read-only SQL SELECT (DuckDB) over the lake, in a sandbox.
 
     Views: raw.telemetry, processed.telemetry, published.telemetry_hourly, reference.assets,
     reference.maintenance, reference.faults; `telemetry` is the processed tier.
 
+    Refused: more than one statement, anything but a SELECT (WITH, FROM, DESCRIBE, SUMMARIZE and SHOW are
+    SELECTs), and files outside the lake and reference folders. A query past --timeout or --memory-limit is stopped.
+
     \b
-    Example:
+    Examples:
       iot2ml sql "SELECT device_id, max(value) FROM telemetry WHERE sensor='vibration_rms' GROUP BY 1 ORDER BY 2 DESC LIMIT 5"
+      iot2ml sql --timeout 900 --memory-limit 8GB "SELECT device_id, count(*) FROM raw.telemetry GROUP BY ALL"
     """
-    df = Lake.from_settings(_settings(ctx)).sql(query)
+    df = Lake.from_settings(_settings(ctx)).sql(query, timeout, memory_limit)
     if fmt == 'csv': click.echo(df.to_csv(index=False), nl=False)
     elif fmt == 'json': click.echo(df.to_json(orient='records', date_format='iso'))
     else:

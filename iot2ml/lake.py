@@ -6,7 +6,7 @@ Docs: https://iot2ml.github.io/iot2ml/lake.html.md"""
 
 # %% ../nbs/03_lake.ipynb #7c448a21
 from __future__ import annotations
-import contextlib, fcntl, hashlib, json, os, re, shutil, subprocess, sys
+import contextlib, fcntl, hashlib, json, os, re, shutil, subprocess, sys, threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -17,9 +17,10 @@ from .config import Settings, load_settings
 from .schema import KEY, LONG_SCHEMA, RAW_SCHEMA, TS_TYPE, to_wide
 
 # %% auto #0
-__all__ = ['TIERS', 'HOURLY_SCHEMA', 'LakeError', 'atomic_path', 'write_json', 'DatasetInfo', 'Lake', 'Landed', 'split_by_date',
-           'refresh', 'catalog', 'compact', 'process', 'publish_hourly', 'read', 'connect', 'sql', 'aggregate',
-           'write_reference', 'reference_table', 'default_lake', 'read_lake', 'sql_lake', 'snapshot']
+__all__ = ['TIERS', 'HOURLY_SCHEMA', 'SQL_TIMEOUT', 'SQL_MEMORY_LIMIT', 'LakeError', 'atomic_path', 'write_json', 'DatasetInfo',
+           'Lake', 'Landed', 'split_by_date', 'refresh', 'catalog', 'compact', 'process', 'publish_hourly', 'read',
+           'connect', 'SqlRefused', 'SqlTimeout', 'sql', 'aggregate', 'write_reference', 'reference_table',
+           'default_lake', 'read_lake', 'sql_lake', 'snapshot']
 
 # %% ../nbs/03_lake.ipynb #d0f1514d
 TIERS = ('raw', 'processed', 'published')
@@ -391,12 +392,72 @@ def connect(self:Lake) -> duckdb.DuckDBPyConnection:
     return con
 Lake.connect = connect
 
-def sql(self:Lake, query:str) -> pd.DataFrame:
-    "Run a read-only SQL `query` (DuckDB dialect) over the lake and return pandas."
-    if not re.match(r'^\s*(SELECT|WITH|FROM|DESCRIBE|SHOW|SUMMARIZE|PIVOT|UNPIVOT|EXPLAIN)\b', query, re.I):
-        raise LakeError("sql runs read-only queries only; start with SELECT, WITH, FROM, DESCRIBE, SHOW or SUMMARIZE")
-    try: return self.connect().sql(query).df()
-    except duckdb.Error as e: raise LakeError(f"the query failed: {e}") from None
+# %% ../nbs/03_lake.ipynb #b3e94f20
+SQL_TIMEOUT, SQL_MEMORY_LIMIT = 300.0, '2GB'    # defaults of `Lake.sql` and `iot2ml sql`
+
+class SqlRefused(LakeError):
+    "The sandbox does not run this SQL: it is not exactly one SELECT, or it reaches outside the lake's files."
+
+class SqlTimeout(LakeError):
+    "A query of the sandbox ran past its timeout and was stopped."
+
+def _one_line(e:Exception) -> str:
+    "A DuckDB error as one line, without the caret lines that point into the query."
+    return ' '.join(l.strip() for l in str(e).splitlines() if l.strip() and not l.strip().startswith(('LINE ', '^')))
+
+# %% ../nbs/03_lake.ipynb #d7a4b9c1
+def _one_select(con:duckdb.DuckDBPyConnection, query:str) -> str:
+    "The text of the one SELECT in `query`, by DuckDB's own parser; anything else is refused."
+    try: stmts = con.extract_statements(query)
+    except duckdb.Error as e: raise LakeError(f"the query failed: {_one_line(e)}") from None
+    if len(stmts) != 1:
+        raise SqlRefused(f"sql runs exactly one statement and this text has {len(stmts)}; send one SELECT (a ';' ends a statement)")
+    kind = stmts[0].type
+    if kind == duckdb.StatementType.MULTI:
+        raise SqlRefused("sql runs read-only queries only and this PIVOT creates a type first; list its values: PIVOT ... ON col IN (...)")
+    if kind != duckdb.StatementType.SELECT:
+        raise SqlRefused(f"sql runs read-only queries only and this is a {kind.name} statement; send one SELECT "
+                         "(WITH, FROM, DESCRIBE, SUMMARIZE and SHOW count as SELECT)")
+    return stmts[0].query
+
+# %% ../nbs/03_lake.ipynb #f4c6b2e8
+def _sandbox(self:Lake, memory_limit:str=SQL_MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
+    "`connect()`, then locked: only the lake's and reference folder's files, read by queries within `memory_limit`."
+    if not re.fullmatch(r'\d+(\.\d+)?\s*[KMGT]i?B', str(memory_limit), re.I):
+        raise LakeError(f"memory limit {memory_limit!r} is not a size; use e.g. '2GB' or '500MB'")
+    con = self.connect(); con.execute(f"SET memory_limit = '{memory_limit}'")
+    dirs = [str(d.resolve()) + os.sep for d in (self.root, self.reference)]   # the separator: not /data/lake2 too
+    for setting in ("temp_directory = ''", "autoinstall_known_extensions = false", "allow_community_extensions = false",
+                    f"allowed_directories = {_paths_sql(dirs)}", "enable_external_access = false", "lock_configuration = true"):
+        con.execute(f"SET {setting}")
+    return con
+Lake._sandbox = _sandbox
+
+# %% ../nbs/03_lake.ipynb #6a0e3d57
+def sql(self:Lake, query:str,            # one SELECT (DuckDB dialect); WITH, FROM-first, DESCRIBE, SUMMARIZE are SELECTs too
+        timeout:float=SQL_TIMEOUT,         # seconds before the query is stopped
+        memory_limit:str=SQL_MEMORY_LIMIT, # the most memory the query may use, e.g. '500MB'
+        arrow:bool=False,                  # return an Arrow table instead of pandas
+        ) -> pd.DataFrame|pa.Table:
+    "Run one read-only SELECT over the lake's views in the sandbox; pandas (or Arrow)."
+    if not timeout > 0: raise LakeError(f"timeout={timeout!r} is not a positive number of seconds")
+    con, fired = self._sandbox(memory_limit), threading.Event()
+    timer = threading.Timer(timeout, lambda: (fired.set(), con.interrupt()))
+    timer.daemon = True
+    try:
+        q = _one_select(con, query)
+        timer.start()
+        rel = con.sql(q)
+        return rel.to_arrow_table() if arrow else rel.df()
+    except duckdb.InterruptException:
+        if fired.is_set(): raise SqlTimeout(f"the query ran longer than {timeout:g} s; narrow it or raise --timeout") from None
+        raise
+    except duckdb.OutOfMemoryException:
+        raise LakeError(f"the query needs more than {memory_limit} of memory; narrow it or raise --memory-limit") from None
+    except duckdb.PermissionException as e:
+        raise SqlRefused(f"the query may read only the lake's own files (under {self.root} and {self.reference}): {_one_line(e)}") from None
+    except duckdb.Error as e: raise LakeError(f"the query failed: {_one_line(e)}") from None
+    finally: timer.cancel(); con.close()
 Lake.sql = sql
 
 # %% ../nbs/03_lake.ipynb #dd1fef6c
@@ -440,9 +501,9 @@ def read_lake(dataset:str='telemetry', **kwargs) -> pd.DataFrame:
     "`Lake.read` on the project's lake."
     return default_lake().read(dataset, **kwargs)
 
-def sql_lake(query:str) -> pd.DataFrame:
-    "`Lake.sql` on the project's lake."
-    return default_lake().sql(query)
+def sql_lake(query:str, **kwargs) -> pd.DataFrame:
+    "`Lake.sql` (the sandbox: one SELECT, the lake's files only) on the project's lake."
+    return default_lake().sql(query, **kwargs)
 
 # %% ../nbs/03_lake.ipynb #1c93b241
 def snapshot(root:Path|str='.', data_dir:str='data') -> str:

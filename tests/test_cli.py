@@ -41,6 +41,25 @@ def test_simulate_catalog_sql(project):
     cat2 = {(e['tier'], e['name']): e for e in json.loads(CliRunner().invoke(cli, ['lake', 'catalog', '--json']).output)}
     assert cat2[('raw', 'telemetry')]['rows'] == rows
 
+def test_sql_refuses_in_one_line_and_writes_nothing(project):
+    "`iot2ml sql` is the lake's sandbox: a second statement, a file outside the lake or a slow query is one line, exit 1."
+    assert CliRunner().invoke(cli, ['simulate', '--quiet']).exit_code == 0
+    before = sorted(p for p in project.rglob('*') if p.is_file())
+    r = CliRunner().invoke(cli, ['sql', "SELECT 1; COPY (SELECT 42 AS x) TO 'x.csv'"])
+    assert r.exit_code == 1 and r.output == ("Error: sql runs exactly one statement and this text has 2; "
+                                             "send one SELECT (a ';' ends a statement)\n")
+    r = CliRunner().invoke(cli, ['sql', "SELECT * FROM read_csv('/etc/passwd')"])
+    assert r.exit_code == 1 and r.output.startswith("Error: the query may read only the lake's own files") and r.output.count('\n') == 1
+    r = CliRunner().invoke(cli, ['sql', "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range + b.range < 0",
+                                 '--timeout', '0.5'])
+    assert r.exit_code == 1 and r.output == "Error: the query ran longer than 0.5 s; narrow it or raise --timeout\n"
+    r = CliRunner().invoke(cli, ['sql', "SELECT list(range) FROM range(100000000)", '--memory-limit', '64MB'])
+    assert r.exit_code == 1 and r.output == "Error: the query needs more than 64MB of memory; narrow it or raise --memory-limit\n"
+    r = CliRunner().invoke(cli, ['sql', "SELECT count(*) AS n FROM reference.assets", '--format', 'json', '--timeout', '30',
+                                 '--memory-limit', '1GB'])
+    assert r.exit_code == 0 and json.loads(r.output) == [{'n': 3}]
+    assert sorted(p for p in project.rglob('*') if p.is_file()) == before
+
 def test_another_fleet_needs_replace(project):
     assert CliRunner().invoke(cli, ['simulate', '--quiet']).exit_code == 0
     r = CliRunner().invoke(cli, ['simulate', '--quiet', '--seed', '2'])

@@ -1,8 +1,8 @@
 "The Parquet lake: round trip, idempotent batches, late data, dedup, compaction, atomic writes, catalog, SQL."
-import hashlib, json, os
+import hashlib, json, os, re
 from pathlib import Path
 import numpy as np, pandas as pd, pyarrow as pa, pyarrow.parquet as pq, pytest
-from iot2ml.lake import Lake, LakeError, atomic_path
+from iot2ml.lake import HOURLY_SCHEMA, Lake, LakeError, SqlRefused, SqlTimeout, atomic_path
 from iot2ml.schema import RAW_SCHEMA
 
 def batch(devices=('pump-0001', 'pump-0002'), sensors=('flow', 'power'), start='2026-01-01 00:00', minutes=60, arrival=None, value=None, seed=0):
@@ -92,13 +92,16 @@ def test_catalog_entries(lake):
     assert [c[0] for c in e['schema']] == ['device_id', 'ts', 'sensor', 'value', 'unit', 'quality']
 
 def test_hourly_aggregate_matches_pandas(lake):
-    lake.land(batch(minutes=180), 'b1'); lake.process()
-    a = lake.aggregate(every='1 hour').set_index(['device_id', 'sensor', 'ts'])
-    df = lake.read('telemetry'); df['hour'] = df['ts'].dt.floor('1h')
-    p = df.groupby(['device_id', 'sensor', 'hour'])['value'].agg(['mean', 'std', 'min', 'max', 'count'])
-    np.testing.assert_allclose(a['mean'].to_numpy(), p['mean'].to_numpy())
-    np.testing.assert_allclose(a['std'].to_numpy(), p['std'].to_numpy())
-    assert (a['count'].to_numpy() == p['count'].to_numpy()).all()
+    "Every statistic of the hourly aggregate (mean, min, max, std, last, count) equals pandas', and the published tier holds the same."
+    lake.land(batch(minutes=180), 'b1'); lake.process(); lake.publish_hourly()
+    a = lake.aggregate(every='1 hour')
+    df = lake.read('telemetry'); df['ts'] = df['ts'].dt.floor('1h')      # rows sorted by ts: pandas' last is the newest
+    stats = [c for c in HOURLY_SCHEMA.names if c not in ('device_id', 'ts', 'sensor')]
+    assert stats == ['mean', 'min', 'max', 'std', 'last', 'count']
+    p = df.groupby(['device_id', 'sensor', 'ts'])['value'].agg(stats).reset_index()[HOURLY_SCHEMA.names]
+    assert len(p) == 2 * 2 * 3 and (p['last'] != p['max']).any() and (p['last'] != p['min']).any()
+    pd.testing.assert_frame_equal(a, p, check_dtype=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(lake.read('telemetry_hourly')[HOURLY_SCHEMA.names], p, check_dtype=False, rtol=1e-12)
 
 def test_sql_is_read_only_and_errors_are_plain(lake):
     lake.land(batch(minutes=5), 'b1')
@@ -108,6 +111,79 @@ def test_sql_is_read_only_and_errors_are_plain(lake):
         lake.sql("SELECT nope FROM telemetry")
     with pytest.raises(LakeError, match=r"no dataset 'telemetri' in the lake .*did you mean 'telemetry'"):
         lake.read('telemetri')
+
+@pytest.fixture
+def full_lake(tmp_path, monkeypatch):
+    "A lake with every kind of view (raw, processed, published, reference) and a Parquet file outside it; cwd is tmp_path."
+    monkeypatch.chdir(tmp_path)
+    lk = Lake(tmp_path/'data'/'lake', fsync=False)
+    lk.land(batch(minutes=90), 'b1'); lk.process(); lk.publish_hourly()
+    lk.write_reference('assets', pd.DataFrame({'device_id': ['pump-0001', 'pump-0002'], 'site': ['north', 'south']}))
+    (tmp_path/'data'/'outside').mkdir()
+    pq.write_table(pa.table({'secret': [42]}), tmp_path/'data'/'outside'/'secret.parquet')
+    return lk
+
+def _files(root:Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*')) if p.is_file()}
+
+ESCAPES = {   # every escape found in issue 8, and the other ways out: each must be refused with a clear reason
+    'second statement': ("SELECT 1; COPY (SELECT 42 AS x) TO 'x.csv'", "exactly one statement"),
+    'explain analyze copy': ("EXPLAIN ANALYZE COPY (SELECT 7) TO 'y.csv'", "EXPLAIN statement"),
+    'explain': ("EXPLAIN SELECT 1", "EXPLAIN statement"),
+    'copy into the lake': ("COPY (SELECT * FROM raw.telemetry LIMIT 1) TO '{lake}/raw/telemetry/date=2026-11-01/zz.parquet'", "COPY statement"),
+    'copy to a file': ("COPY (SELECT 42 AS x) TO 'x.csv'", "COPY statement"),
+    'read /etc/passwd': ("SELECT * FROM read_csv('/etc/passwd')", "only the lake's own files"),
+    'read_text': ("SELECT * FROM read_text('/etc/hostname')", "only the lake's own files"),
+    'glob /root': ("SELECT * FROM glob('/root/*')", "only the lake's own files"),
+    'parquet outside the lake': ("SELECT * FROM read_parquet('{tmp}/data/outside/secret.parquet')", "only the lake's own files"),
+    'dot-dot out of the lake': ("SELECT * FROM read_parquet('{lake}/../outside/secret.parquet')", "only the lake's own files"),
+    'attach': ("ATTACH 'x.db' AS x", "ATTACH statement"),
+    'attach and create': ("ATTACH 'x.db' AS x; CREATE TABLE x.t AS SELECT 1", "exactly one statement"),
+    'create table': ("CREATE TABLE t AS SELECT 1", "CREATE statement"),
+    'drop view': ("DROP VIEW telemetry", "DROP statement"),
+    'delete': ("DELETE FROM telemetry", "DELETE statement"),
+    'set': ("SET enable_external_access = true", "SET statement"),
+    'reset': ("RESET memory_limit", "SET statement"),
+    'pragma setting': ("PRAGMA memory_limit='100GB'", "SET statement"),     # DuckDB parses this PRAGMA as a SET
+    'pragma': ("PRAGMA enable_profiling", "PRAGMA statement"),
+    'install': ("INSTALL httpfs", "LOAD statement"),
+    'load': ("LOAD httpfs", "LOAD statement"),
+    'export': ("EXPORT DATABASE 'dump'", "EXPORT statement"),
+    'empty': (" ; -- nothing", "exactly one statement"),
+}
+
+@pytest.mark.parametrize('name', ESCAPES)
+def test_sql_sandbox_refuses_every_escape(full_lake, tmp_path, name):
+    "Not one SELECT, or a file outside the lake: a clear refusal, and no file anywhere is written or changed."
+    query, reason = ESCAPES[name]
+    before = _files(tmp_path)
+    with pytest.raises(SqlRefused, match=re.escape(reason)) as e:
+        full_lake.sql(query.format(lake=full_lake.root.resolve(), tmp=tmp_path))
+    assert '\n' not in str(e.value)
+    assert _files(tmp_path) == before          # nothing planted in the lake, no x.csv / y.csv / x.db in the working folder
+
+def test_sql_sandbox_reads_every_view_of_the_lake(full_lake):
+    "Legitimate queries still work: every tier, the plain names, reference tables, DESCRIBE/SUMMARIZE, the lake's own files."
+    q = lambda sql: full_lake.sql(sql).iloc[0, 0]
+    assert q("SELECT count(*) FROM raw.telemetry") == 360 and q("SELECT count(*) FROM processed.telemetry") == 360
+    assert q("SELECT count(*) FROM telemetry") == 360 and q("FROM published.telemetry_hourly SELECT sum(count)") == 360
+    assert q("WITH a AS (SELECT * FROM reference.assets) SELECT site FROM a ORDER BY device_id") == 'north'
+    assert q("SELECT count(*) FROM telemetry t JOIN reference.assets USING (device_id)") == 360
+    assert 'value' in set(full_lake.sql("DESCRIBE telemetry")['column_name'])
+    assert len(full_lake.sql("SUMMARIZE telemetry")) == 6
+    own = full_lake.root.resolve()/'processed'/'telemetry'/'*'/'*.parquet'
+    assert q(f"SELECT count(*) FROM read_parquet('{own}')") == 360
+    t = full_lake.sql("SELECT device_id, count(*) AS n FROM telemetry GROUP BY 1 ORDER BY 1", arrow=True)
+    assert isinstance(t, pa.Table) and t.to_pydict() == {'device_id': ['pump-0001', 'pump-0002'], 'n': [180, 180]}
+
+def test_sql_sandbox_stops_a_slow_query_and_a_greedy_one(full_lake):
+    "A query past its timeout is interrupted (a 10^12-row cross join would run for hours); one past its memory limit stops too."
+    slow = "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range + b.range < 0"
+    with pytest.raises(SqlTimeout, match=r"the query ran longer than 0.5 s; narrow it or raise --timeout"):
+        full_lake.sql(slow, timeout=0.5)
+    with pytest.raises(LakeError, match=r"the query needs more than 64MB of memory; narrow it or raise --memory-limit"):
+        full_lake.sql("SELECT list(range) FROM range(100000000)", memory_limit='64MB')
+    assert full_lake.sql("SELECT 1 AS one", timeout=30)['one'][0] == 1
 
 def test_schema_errors_name_the_column(lake):
     with pytest.raises(LakeError, match=r"the batch has no column 'value'"):
