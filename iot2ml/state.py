@@ -21,13 +21,18 @@ CREATE TABLE IF NOT EXISTS latest (device_id TEXT NOT NULL, sensor TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS seen (device_id TEXT PRIMARY KEY, arrival INTEGER NOT NULL, ts INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS buckets (device_id TEXT NOT NULL, sensor TEXT NOT NULL, ts INTEGER NOT NULL, n INTEGER, s REAL, ss REAL,
   mn REAL, mx REAL, PRIMARY KEY (device_id, sensor, ts)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS readings (device_id TEXT NOT NULL, sensor TEXT NOT NULL, ts INTEGER NOT NULL, value REAL NOT NULL,
+  arrival INTEGER NOT NULL, PRIMARY KEY (device_id, sensor, ts)) WITHOUT ROWID;
 """
 _UPSERT_LATEST = """INSERT INTO latest VALUES (?,?,?,?,?) ON CONFLICT(device_id, sensor) DO UPDATE SET
-  ts=excluded.ts, value=excluded.value, arrival=excluded.arrival WHERE excluded.ts > latest.ts"""
+  ts=excluded.ts, value=excluded.value, arrival=excluded.arrival
+  WHERE excluded.ts > latest.ts OR (excluded.ts = latest.ts AND excluded.arrival >= latest.arrival)"""
 _UPSERT_SEEN = """INSERT INTO seen VALUES (?,?,?) ON CONFLICT(device_id) DO UPDATE SET
   arrival=max(seen.arrival, excluded.arrival), ts=max(seen.ts, excluded.ts)"""
 _UPSERT_BUCKET = """INSERT INTO buckets VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(device_id, sensor, ts) DO UPDATE SET
   n=n+excluded.n, s=s+excluded.s, ss=ss+excluded.ss, mn=min(mn, excluded.mn), mx=max(mx, excluded.mx)"""
+_UPSERT_READING = """INSERT INTO readings VALUES (?,?,?,?,?) ON CONFLICT(device_id, sensor, ts) DO UPDATE SET
+  value=excluded.value, arrival=excluded.arrival"""
 
 def _us(t) -> int: return pd.Timestamp(t).tz_localize('UTC').value // 1000 if pd.Timestamp(t).tzinfo is None else pd.Timestamp(t).value // 1000
 def _ts(us) -> pd.Series: return pd.to_datetime(pd.Series(us, dtype='int64'), unit='us', utc=True)
@@ -46,31 +51,94 @@ class LatestState:
     def __init__(self, path:Path|str,             # the SQLite file (state/latest.sqlite)
                  stale_after:float=300,           # a device silent this many seconds is 'stale'
                  bucket:str='1h',                 # interval of the online-feature buckets
-                 window:str='7D'):                # buckets older than this (behind the newest) are pruned
+                 window:str='7D',                 # buckets older than this (behind the newest) are pruned
+                 dedupe:str='1D'):                # readings this far behind their sensor's newest are kept by time, so a re-sent one replaces
         self.path, self.stale_after = Path(path), stale_after
         self.bucket_us, self.window_us = pd.Timedelta(bucket).value // 1000, pd.Timedelta(window).value // 1000
+        self.dedupe_us = pd.Timedelta(dedupe).value // 1000
         self.con = connect(self.path); self._lock = threading.Lock()
 
     def update(self, table:pa.Table, arrival=None) -> int:
-        "Fold readings (long form; `arrival_ts` column or `arrival`, default now) in; returns the rows written."
-        if not table.num_rows: return 0
-        df = table.select([c for c in ('device_id', 'sensor', 'ts', 'value', 'arrival_ts') if c in table.column_names]).to_pandas()
-        ts = df['ts'].astype('datetime64[us, UTC]').astype('int64').to_numpy()
-        arr = (df['arrival_ts'].astype('datetime64[us, UTC]').astype('int64').to_numpy() if 'arrival_ts' in df
-               else np.full(len(df), _us(arrival if arrival is not None else pd.Timestamp.now(tz='UTC'))))
-        df = df.assign(ts=ts, arrival=arr, b=ts - ts % self.bucket_us, v2=df['value'] ** 2)
-        last = df.sort_values('ts', kind='stable').drop_duplicates(['device_id', 'sensor'], keep='last')
-        seen = df.groupby('device_id', sort=False).agg(arrival=('arrival', 'max'), ts=('ts', 'max')).reset_index()
-        bk = df.groupby(['device_id', 'sensor', 'b'], sort=False).agg(n=('value', 'size'), s=('value', 'sum'), ss=('v2', 'sum'),
-                                                                     mn=('value', 'min'), mx=('value', 'max')).reset_index()
-        rows = [tuple(r) for r in last[['device_id', 'sensor', 'ts', 'value', 'arrival']].itertuples(index=False)]
+        "Fold readings (long form; `arrival_ts` column or `arrival`, default now) in, the last arrival of each time winning; returns the rows written."
+        new = _last_arrivals(table, arrival)
+        if not new: return 0
         with self._lock:
-            self.con.execute('BEGIN')
-            self.con.executemany(_UPSERT_LATEST, rows)
-            self.con.executemany(_UPSERT_SEEN, seen[['device_id', 'arrival', 'ts']].itertuples(index=False))
-            self.con.executemany(_UPSERT_BUCKET, bk.itertuples(index=False))
+            self.con.execute('BEGIN IMMEDIATE')
+            try: n = self._fold(new)
+            except BaseException: self.con.execute('ROLLBACK'); raise
             self.con.execute('COMMIT')
-        return len(rows) + len(seen) + len(bk)
+        return n
+
+# %% ../nbs/12_state.ipynb #a7e1c0df
+def _last_arrivals(table:pa.Table, arrival=None) -> dict:
+    "(device_id, sensor, ts in us) -> (value, arrival in us) of `table`: one per key, the last arrival (then the last row) wins."
+    if not table.num_rows: return {}
+    us = lambda c: c.cast(pa.timestamp('us', c.type.tz), safe=False).cast(pa.int64()).to_pylist()
+    arr = (us(table['arrival_ts']) if 'arrival_ts' in table.column_names
+           else [_us(arrival if arrival is not None else pd.Timestamp.now(tz='UTC'))] * table.num_rows)
+    out = {}
+    for d, s, t, v, a in zip(table['device_id'].to_pylist(), table['sensor'].to_pylist(), us(table['ts']), table['value'].to_pylist(), arr):
+        old = out.get((d, s, t))
+        if v is not None and v == v and (old is None or a >= old[1]): out[d, s, t] = (v, a)   # None or NaN: no reading
+    return out
+
+def _stored(self:LatestState, new:dict) -> tuple[dict, dict]:
+    "Stored readings at the keys of `new`, and each (device, sensor)'s newest ts; only a ts at or before the newest can be stored."
+    devs, newest = sorted({k[0] for k in new}), {}
+    for i in range(0, len(devs), 500):
+        part = devs[i:i + 500]
+        q = f"SELECT device_id, sensor, ts FROM latest WHERE device_id IN ({','.join('?' * len(part))})"
+        newest.update(((d, s), t) for d, s, t in self.con.execute(q, part))
+    span = {}
+    for d, s, t in new:
+        if t <= newest.get((d, s), -1 << 62):
+            lo, hi = span.get((d, s), (t, t)); span[d, s] = (min(lo, t), max(hi, t))
+    q, stored = "SELECT ts, value, arrival FROM readings WHERE device_id=? AND sensor=? AND ts BETWEEN ? AND ?", {}
+    for (d, s), (lo, hi) in span.items():
+        stored.update(((d, s, t), (v, a)) for t, v, a in self.con.execute(q, (d, s, lo, hi)))
+    return stored, newest
+LatestState._stored = _stored
+
+def _changes(self:LatestState, new:dict, stored:dict) -> tuple[dict, list, set]:
+    """Bucket deltas [n, sum, sum of squares, min, max] of the readings that change something, those readings, and the
+    buckets where a value was replaced (their min and max may be stale). A stored reading stays when the new one arrived
+    earlier or holds the same value (a retry)."""
+    deltas, changed, replaced = {}, [], set()
+    for (d, s, t), (v, a) in new.items():
+        old = stored.get((d, s, t))
+        if old is not None and (a < old[1] or v == old[0]): continue
+        b = (d, s, t - t % self.bucket_us); x = deltas.get(b)
+        if x is None: x = deltas[b] = [0, 0.0, 0.0, v, v]
+        if old is None: x[0] += 1; x[1] += v; x[2] += v * v
+        else: x[1] += v - old[0]; x[2] += v * v - old[0] * old[0]; replaced.add(b)
+        if v < x[3]: x[3] = v
+        if v > x[4]: x[4] = v
+        changed.append((d, s, t, v, a))
+    return deltas, changed, replaced
+LatestState._changes = _changes
+
+_BUCKET_READINGS = "SELECT count(*), sum(value), sum(value * value), min(value), max(value) FROM readings WHERE device_id=? AND sensor=? AND ts>=? AND ts<?"
+
+def _fold(self:LatestState, new:dict) -> int:
+    "Write `new` (from `_last_arrivals`) into latest, seen, buckets and readings; call inside a transaction."
+    stored, newest = self._stored(new)
+    deltas, changed, replaced = self._changes(new, stored)
+    top, seen = {}, {}
+    for (d, s, t), (v, a) in new.items():
+        if t > top.get((d, s), (0, 0, -1 << 62))[2]: top[d, s] = (d, s, t, v, a)
+        sa, st = seen.get(d, (a, t)); seen[d] = (max(sa, a), max(st, t))
+    cut = {p: max(r[2], newest.get(p, r[2])) - self.dedupe_us for p, r in top.items()}
+    con = self.con
+    con.executemany(_UPSERT_LATEST, top.values())
+    con.executemany(_UPSERT_SEEN, [(d, a, t) for d, (a, t) in seen.items()])
+    con.executemany(_UPSERT_BUCKET, [(*b, *x) for b, x in deltas.items()])
+    con.executemany(_UPSERT_READING, [r for r in changed if r[2] >= cut[r[0], r[1]]])
+    for d, s, b in replaced:   # rebuilt from its readings when they are the whole bucket (not pruned, not warmed from the lake)
+        n, *agg = con.execute(_BUCKET_READINGS, (d, s, b, b + self.bucket_us)).fetchone()
+        con.execute("UPDATE buckets SET s=?, ss=?, mn=?, mx=? WHERE device_id=? AND sensor=? AND ts=? AND n=?", (*agg, d, s, b, n))
+    con.executemany("DELETE FROM readings WHERE device_id=? AND sensor=? AND ts<?", [(*p, c) for p, c in cut.items()])
+    return len(top) + len(seen) + len(deltas)
+LatestState._fold = _fold
 
 # %% ../nbs/12_state.ipynb #4312a9cd
 def _status(self:LatestState, arrival_us:pd.Series, now=None) -> pd.Series:
