@@ -49,6 +49,23 @@ def test_false_alarms_small_on_held_out_normal(name):
     assert d.predict(X.iloc[500:]).mean() < 0.03, name
 
 
+
+@pytest.mark.parametrize('name', NAMES)
+def test_each_detector_flags_a_planted_fault(name):
+    "Held-out rows 2000-2300: power up 2.5 sd while flow drops 2 sd, a level shift that breaks their relationship."
+    X = plant(3000, seed=12); X.iloc[2000:2300, 1] += 1.0; X.iloc[2000:2300, 0] -= 3.0
+    p = make_detector(name).fit(X.iloc[:500]).predict(X.iloc[500:]).to_numpy()
+    assert p[:1500].mean() < 0.03, name                               # few false alarms before it
+    if name == 'forecast': assert p[1500:1505].all()                   # one step ahead: the change stands out, then the level is learnt
+    else: assert p[1500:1800].mean() > 0.9, name
+
+
+def test_forecast_flags_a_burst_of_noise():
+    "A one-step-ahead forecast misses every row of a noisy stretch, not only its start."
+    X = plant(3000, seed=12); X.iloc[2000:2300, 1] += np.random.default_rng(0).normal(0, 1.0, 300)
+    p = make_detector('forecast').fit(X.iloc[:500]).predict(X.iloc[500:]).to_numpy()
+    assert p[1500:1800].mean() > 0.3 and p[:1500].mean() < 0.01
+
 def test_auto_false_alarm_rate_on_normal_is_tiny():
     X = plant(4000, seed=3)
     assert make_detector().fit(X.iloc[:400]).predict(X.iloc[400:]).mean() < 0.005

@@ -123,6 +123,13 @@ def publish_numbered(proj, n, devs=('pump-0001', 'pump-0002'), progress=None):
     for p in pending: p.wait_for_publish(30); assert p.is_published()
     if progress is not None: progress[0] = n
 
+def publish_marker(proj, dev='pump-0001'):
+    "Publish a 'marker' reading after everything else: once it is in the lake, whatever the ingester got before it is too."
+    proj.publish(proj.device(dev), f'iot2ml/{dev}/telemetry', {'ts': '2026-01-01T00:04:00Z', 'sensor': 'marker', 'value': 0})
+
+def wait_marker(proj):
+    wait_for(lambda: len(proj.rows("sensor = 'marker'")), timeout=30, what='the marker reading in the lake')
+
 # ------------------------------------------------------------------------------------------------------------------
 
 def test_readings_land_state_updates_and_bad_ones_are_dead_lettered(proj):
@@ -142,9 +149,8 @@ def test_readings_land_state_updates_and_bad_ones_are_dead_lettered(proj):
     want = {('pump-0001', 'flow', 1.5), ('pump-0001', 'flow', 1.0), ('pump-0001', 'flow', 2.0), ('pump-0001', 'flow', 3.0),
             ('pump-0001', 'flow', 9.0), ('pump-0002', 'flow', 2.0), ('pump-0002', 'discharge_pressure', 3.5), ('pump-0101', 'flow', 7.0),
             ('pump-0002', 'flow', 11.0)}
-    wait_for(lambda: len(proj.rows("sensor != 'probe'")) >= len(want), what='readings in the lake')
-    time.sleep(0.5)   # nothing else arrives
-    got = proj.rows("sensor != 'probe'")
+    publish_marker(proj); wait_marker(proj)   # nothing else arrived before it
+    got = proj.rows("sensor NOT IN ('probe', 'marker')")
     assert sorted(zip(got.device_id, got.sensor, got.value)) == sorted(want)
     assert set(got.loc[got.value.isin([1.0, 2.0, 3.0]) & (got.device_id == 'pump-0001'), 'unit']) == {'m3/h'}
     assert got.loc[got.sensor == 'discharge_pressure', 'quality'].tolist() == [1]
@@ -155,7 +161,8 @@ def test_readings_land_state_updates_and_bad_ones_are_dead_lettered(proj):
     assert l['pump-0001', 'flow'] == 9.0 and l['pump-0002', 'flow'] == 2.0 and l['pump-0002', 'discharge_pressure'] == 3.5
     assert l['pump-0101', 'flow'] == 7.0
     # dead letters: each rejected record with its reason, the topic as source, the record as sent
-    dl = DeadLetters(proj.root/'state'/'deadletter').read()
+    dead = lambda: DeadLetters(proj.root/'state'/'deadletter').read()
+    wait_for(lambda: len(dead()) >= 4, what='4 dead letters'); dl = dead()
     assert len(dl) == 4 and set(dl.source) == {'mqtt:iot2ml/pump-0001/telemetry'}
     r = {row.field: row for row in dl.itertuples()}
     assert 'is not valid JSON' in r['-'].reason and r['-'].record.startswith('{"ts": "2026-01-01T00:00:00Z"')
@@ -171,9 +178,9 @@ def test_messages_published_while_the_ingester_is_down_arrive_after_restart(proj
     assert proj.stop(ing) == 0
     n = 2000
     publish_numbered(proj, n)   # the broker queues them for the ingester's session
+    publish_marker(proj)
     proj.ingester()
-    wait_for(lambda: len(proj.rows("sensor = 'seq'")) >= n, timeout=30, what=f'{n} readings')
-    time.sleep(0.5)
+    wait_marker(proj)
     got = proj.rows("sensor = 'seq'")
     assert len(got) == n and sorted(got.value.astype(int)) == list(range(n))
 
@@ -204,8 +211,7 @@ def test_two_ingesters_share_one_stream(proj):
     proj.probe(writers={'ingest-a', 'ingest-b'})
     n = 3000
     publish_numbered(proj, n)
-    wait_for(lambda: len(proj.rows("sensor = 'seq'")) >= n, timeout=30, what=f'{n} readings')
-    time.sleep(0.5)
+    proj.probe(sensor='marker', writers={'ingest-a', 'ingest-b'}, timeout=60)   # each ingester landed a marker after its share
     got = proj.writers("sensor = 'seq'")
     per = got.groupby('writer').size()
     assert set(per.index) == {'ingest-a', 'ingest-b'} and (per > 0).all(), per    # both got some
@@ -278,4 +284,7 @@ def test_wrong_password_is_reported_and_retried(proj, inproc):
     try:
         wait_for(lambda: ing.last_error and 'refused the connection' in ing.last_error, what='the refusal')
         assert 'check --username and --password-file' in ing.last_error and not ing.connected.is_set()
+        ing.password = proj.secret   # the operator fixes the password: the next attempt (within 5 s) connects
+        wait_for(ing.connected.is_set, timeout=30, what='a retry with the right password')
+        assert ing.last_error is None
     finally: ing.stop(5); svc.close()
