@@ -208,20 +208,28 @@ def create_app(settings:Settings|None=None, service:Service|None=None, writer_id
 
     return app
 
-def _records_for_deadletter(body:bytes, ct:str):
-    "The sender's records, so a dead letter holds what was sent (JSON and NDJSON; CSV rows are stored parsed)."
+def _records_for_deadletter(body:bytes, ct:str) -> list|None:
+    """The sender's records, so a dead letter holds what was sent: JSON and NDJSON as the standard library reads them
+    when orjson cannot (so a NaN stays NaN, not null), CSV rows as {column: the text of the cell}."""
+    import csv, io, json
+    def loads(b:bytes):
+        try: return orjson.loads(b)
+        except orjson.JSONDecodeError: return json.loads(b)   # NaN, Infinity, a lone surrogate: ValueError if not JSON at all
     try:
         if ct.startswith('application/json'):
-            obj = orjson.loads(body)
+            obj = loads(body)
             return obj['readings'] if isinstance(obj, dict) and isinstance(obj.get('readings'), list) else obj if isinstance(obj, list) else [obj]
         if 'ndjson' in ct or 'jsonl' in ct:
             out = []
             for l in body.splitlines():
                 if not l.strip(): continue
-                try: out.append(orjson.loads(l))
-                except orjson.JSONDecodeError: out.append(l.decode('utf-8', 'replace'))
+                try: out.append(loads(l))
+                except (ValueError, RecursionError): out.append(l.decode('utf-8', 'replace'))
             return out
-    except orjson.JSONDecodeError: return None
+        if ct.startswith('text/csv'):
+            rows = [r for r in csv.reader(io.StringIO(body.decode('utf-8', 'replace'))) if r]
+            return [dict(zip(rows[0], r)) for r in rows[1:]] if rows else None
+    except (ValueError, RecursionError, csv.Error): return None   # (orjson.JSONDecodeError is a ValueError)
     return None
 
 def prometheus_text(svc:Service) -> str:

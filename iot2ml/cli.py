@@ -284,6 +284,7 @@ def demo(ctx, pumps, days, seed, live_hours):
 # %% ../nbs/09_cli.ipynb #32dec53e
 from .devices_cli import devices as _devices, broker_config as _broker_config
 cli.add_command(_devices, 'devices')
+from .deadletters_cli import deadletters as _deadletters; cli.add_command(_deadletters, 'deadletters')
 cli.add_command(_broker_config, 'broker-config')
 
 @cli.command()
@@ -385,7 +386,7 @@ def import_(ctx, file, fmt, columns, device, sensor, assume_tz, rows):
     fmt = fmt or ('parquet' if path.suffix.lower() in ('.parquet', '.pq') else 'csv')
     try: mapping = dict(c.split('=', 1) for c in columns)
     except ValueError: raise click.ClickException("--column takes FILE=OURS, e.g. --column timestamp=ts") from None
-    ing = Ingestor(deadletters=DeadLetters(s.path('state_dir')/'deadletter'))
+    ing = Ingestor(deadletters=DeadLetters.from_settings(s, flush_every=0))
     digest = hashlib.sha1(path.read_bytes()[:1 << 20] + str(path.stat().st_size).encode()).hexdigest()[:12]
     acc = rej = 0
     with tqdm(unit=' rows', unit_scale=True, desc=f"import {path.name}", disable=None) as bar:

@@ -6,7 +6,8 @@ Docs: https://iot2ml.github.io/iot2ml/ingest.html.md"""
 
 # %% ../nbs/13_ingest.ipynb #29362088
 from __future__ import annotations
-import fnmatch, importlib, json, os, threading, time
+import atexit, fcntl, fnmatch, importlib, json, logging, math, os, threading, time, weakref
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,40 +18,236 @@ from .parse import Parsed, check_parsed
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['DeadLetters', 'Route', 'load_function', 'fahrenheit_to_celsius', 'hydraulic_power', 'Outcome', 'Ingestor']
+__all__ = ['record_json', 'DeadLetters', 'reason_kind', 'letter_rejects', 'Route', 'load_function', 'fahrenheit_to_celsius',
+           'hydraulic_power', 'Outcome', 'Ingestor']
+
+# %% ../nbs/13_ingest.ipynb #1c57b69a
+_MAX_DEPTH = 32       # nesting kept of a record that JSON cannot hold as it was sent
+_MAX_RECORD = 4096    # bytes kept of a record; a longer one is kept as cut text with a note
+_SAMPLE_BYTES = 512   # bytes kept of a record sampled beyond the caps
+
+def _text(s:str) -> str:
+    "`s`, with lone surrogates (not UTF-8) written as `\\udXXX` escapes."
+    try: s.encode('utf-8'); return s
+    except UnicodeEncodeError: return s.encode('utf-8', 'backslashreplace').decode('utf-8')
+
+def _nonfinite(x) -> bool:
+    "Whether `x` holds a NaN or infinite number (orjson writes them as null)."
+    stack = [x]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v): return True
+        elif isinstance(v, dict): stack.extend(v.values())
+        elif isinstance(v, (list, tuple)): stack.extend(v)
+    return False
+
+def _clip(x, depth:int=_MAX_DEPTH, text=_text):
+    "A copy of `x` that JSON holds: at most `depth` levels (a deeper part says so), string keys, strings through `text`."
+    if isinstance(x, str): return text(x)
+    if isinstance(x, (dict, list, tuple)) and depth <= 0: return f"... (nested deeper than {_MAX_DEPTH} levels: not kept)"
+    if isinstance(x, dict): return {text(k if isinstance(k, str) else str(k)): _clip(v, depth - 1, text) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [_clip(v, depth - 1, text) for v in x]
+    return x
+
+def record_json(rec, limit:int=_MAX_RECORD) -> tuple[bytes, bool]:
+    """`rec` as JSON and False; or, as a JSON string, its text and True: when JSON cannot hold it as it was sent (NaN,
+    Infinity, nesting orjson refuses, lone surrogates, keys that are not strings) or it is longer than `limit` bytes."""
+    try:
+        b = orjson.dumps(rec, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+        exact = b'null' not in b or not _nonfinite(rec)
+    except TypeError: exact = False   # orjson.JSONEncodeError is a TypeError
+    if exact and len(b) <= limit: return b, False
+    if not exact: b = json.dumps(_clip(rec, text=str), ensure_ascii=False, allow_nan=True, default=str).encode('utf-8', 'backslashreplace')
+    if len(b) > limit: return orjson.dumps(b[:limit].decode('utf-8', 'ignore') + f" ... (cut: {len(b) - limit:,} more bytes not kept)"), True
+    return orjson.dumps(b.decode('utf-8')), True
+
+def _dumps(x) -> bytes:
+    "orjson.dumps that never raises."
+    try: return orjson.dumps(x, default=str)
+    except TypeError: return orjson.dumps(_clip(x), default=lambda v: _text(str(v)))
 
 # %% ../nbs/13_ingest.ipynb #22fe6adf
+_SAMPLES = 5        # records kept per reason and day beyond the caps
+_MAX_KINDS = 64     # reasons counted per day beyond the caps (more count as 'other')
+_OPEN = weakref.WeakSet()   # stores with a writer thread: flushed when the process exits
+_log = logging.getLogger('iot2ml.ingest')
+
 class DeadLetters:
-    "Append-only JSON-lines files of rejected records, one file per UTC day."
-    def __init__(self, folder:Path|str):
-        self.folder = Path(folder); self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock(); self.count = 0; self.by_reason: dict[str, int] = {}
+    """Rejected records, each stored once: a JSON line per body or message in `<UTC day>.ndjson`, written by a background
+    thread every `flush_every` s. Beyond `max_bytes_per_day` or `max_bytes` in all, only counts per reason and the first
+    few records per reason go to `<day>.summary.json`."""
+    def __init__(self, folder:Path|str, max_bytes_per_day:int=64 << 20, max_bytes:int=1 << 30, flush_every:float=0.25):
+        self.folder = Path(folder); self.folder.mkdir(mode=0o750, parents=True, exist_ok=True)
+        self.max_bytes_per_day, self.max_bytes, self.flush_every = max_bytes_per_day, max_bytes, flush_every
+        self.count, self.over_caps, self.write_errors, self.by_reason = 0, 0, 0, {}
+        self._lock, self._write_lock = threading.Condition(), threading.Lock()
+        self._pending: dict[str, list[bytes]] = {}   # lines per day, not written yet
+        self._over: dict[str, dict] = {}             # per day, counts and samples beyond the caps, not written yet
+        self._day_bytes: dict[str, int] = {}
+        self._total = sum(f.stat().st_size for f in self.folder.glob('????-??-??.ndjson'))
+        self._thread, self._stop = None, False
+
+    @classmethod
+    def from_settings(cls, s, **kw) -> 'DeadLetters':
+        "The store in `<state_dir>/deadletter` with the caps of `[ingest]`; `kw`: e.g. flush_every=0 (write in `add`, no thread)."
+        return cls(s.path('state_dir')/'deadletter', s.ingest.deadletter_max_bytes_per_day, s.ingest.deadletter_max_bytes, **kw)
 
     def add(self, errors:list[RecordError], records:list|Callable[[], list]|None, source:str) -> None:
-        "Store each rejected record (`records[e.index]` when given; `records` may be a function that returns them) with its reason and source."
-        if not errors: return
-        if callable(records): records = records()
-        now = pd.Timestamp.now(tz='UTC')
-        lines = b''.join(orjson.dumps({'received': now.isoformat(), 'source': source, 'index': e.index, 'field': e.field,
-                                       'reason': e.message, 'record': records[e.index] if records is not None and e.index < len(records) else None},
-                                      default=str) + b'\n' for e in errors)
-        with self._lock, open(self.folder/f"{now:%Y-%m-%d}.ndjson", 'ab') as f:
-            f.write(lines); f.flush(); os.fsync(f.fileno())
-            self.count += len(errors)
-            for e in errors: self.by_reason[_reason_kind(e)] = self.by_reason.get(_reason_kind(e), 0) + 1
+        "Store each rejected record once (`records[e.index]`; `records` may be a function that returns them) with its reasons and source."
+        if errors: self.add_many([(errors, records, source)])
 
-    def read(self) -> pd.DataFrame:
-        "Every dead letter as a table."
-        rows = [orjson.loads(l) for f in sorted(self.folder.glob('*.ndjson')) for l in f.read_bytes().splitlines() if l]
-        return pd.DataFrame(rows, columns=['received', 'source', 'index', 'field', 'reason', 'record'])
-
-def _reason_kind(e:RecordError) -> str:
+def reason_kind(e:RecordError) -> str:
     "A short label for metrics: the field and the first words of the reason."
     m = e.message
     kind = ('missing' if 'is missing' in m else 'not_a_number' if 'not a number' in m else 'not_finite' if 'not a finite' in m
             else 'duplicate' if 'duplicates record' in m else 'future' if 'future' in m else 'too_old' if 'before 2000' in m
             else 'no_zone' if 'no time zone' in m else 'forbidden' if 'may not write' in m else 'transform' if 'transform' in m else 'invalid')
     return f"{e.field}:{kind}"
+
+# %% ../nbs/13_ingest.ipynb #bf929630
+def _letter(stamp:str, errors:list[RecordError], records, source:str) -> tuple[bytes, list, list]:
+    """The JSON line of a body's rejects: when, where from, its distinct reasons as [field, reason], and per rejected record
+    [index, [its reasons' numbers], record as sent] (or [index, [...], null, text] when it is kept as text); and the
+    reasons and (index, reason numbers, record) for the counts."""
+    if callable(records): records = records()
+    reasons, number, by_index = [], {}, {}
+    for e in errors:
+        k = number.setdefault((e.field, e.message), len(reasons))
+        if k == len(reasons): reasons.append(e)
+        by_index.setdefault(e.index, []).append(k)
+    entries, rejects = [], []
+    for i, ks in by_index.items():
+        rec = records[i] if records is not None and 0 <= i < len(records) else None
+        b, text = record_json(rec)
+        entries.append(b'[%d,[%s],%s%s]' % (i, ','.join(map(str, ks)).encode(), b'null,' if text else b'', b))
+        rejects.append((i, ks, rec))
+    head = _dumps({'received': stamp, 'source': source, 'reasons': [[e.field, e.message] for e in reasons]})
+    return head[:-1] + b',"rejects":[' + b','.join(entries) + b']}\n', reasons, rejects
+
+@patch
+def add_many(self:DeadLetters, letters:list[tuple]) -> None:
+    "Several `add`s, (errors, records, source) each, at once: one line per body; beyond the caps, counts and samples."
+    now = datetime.now(timezone.utc); day, stamp = f"{now:%Y-%m-%d}", now.isoformat()
+    made = [(_letter(stamp, *l), l[2]) for l in letters if l[0]]
+    with self._lock:
+        for (line, reasons, rejects), source in made:
+            kinds = [reason_kind(e) for e in reasons]
+            for _, ks, _ in rejects:
+                for k in ks: self.by_reason[kinds[k]] = self.by_reason.get(kinds[k], 0) + 1
+            self.count += len(rejects)
+            if day not in self._day_bytes:
+                f = self.folder/f"{day}.ndjson"; self._day_bytes[day] = f.stat().st_size if f.exists() else 0
+            if self._day_bytes[day] + len(line) > self.max_bytes_per_day or self._total + len(line) > self.max_bytes:
+                self._count_over(day, stamp, source, reasons, kinds, rejects); continue
+            self._pending.setdefault(day, []).append(line)
+            self._day_bytes[day] += len(line); self._total += len(line)
+        if self.flush_every > 0 and (self._thread is None or not self._thread.is_alive()):
+            self._stop = False; _OPEN.add(self)
+            self._thread = threading.Thread(target=self._run, name='deadletters', daemon=True); self._thread.start()
+        self._lock.notify_all()
+    if self.flush_every <= 0: self.flush()   # a command-line import: written before it reports
+
+@patch
+def _count_over(self:DeadLetters, day:str, stamp:str, source:str, reasons:list, kinds:list, rejects:list) -> None:
+    "(Under the lock.) Count a body's rejects beyond the caps per reason, keeping the first few records of each reason."
+    o = self._over.setdefault(day, {'records': 0, 'counts': {}, 'samples': {}})
+    o['records'] += len(rejects); self.over_caps += len(rejects)
+    for i, ks, rec in rejects:
+        kind = kinds[ks[0]] if len(o['counts']) < _MAX_KINDS or kinds[ks[0]] in o['counts'] else 'other'
+        o['counts'][kind] = o['counts'].get(kind, 0) + 1
+        sample = o['samples'].setdefault(kind, [])
+        if len(sample) < _SAMPLES:
+            b, text = record_json(rec, _SAMPLE_BYTES)
+            sample.append({'received': stamp, 'source': _text(source), 'index': i, 'field': reasons[ks[0]].field,
+                           'reason': _text(reasons[ks[0]].message), 'text' if text else 'record': orjson.loads(b)})
+
+# %% ../nbs/13_ingest.ipynb #c4942590
+@patch
+def _run(self:DeadLetters) -> None:
+    "The writer thread: once something waits, wait `flush_every` s more (so writes are batched), then write it."
+    while True:
+        with self._lock:
+            while not (self._pending or self._over or self._stop): self._lock.wait()
+            if self._stop: return
+            end = time.monotonic() + self.flush_every
+            while not self._stop and (left := end - time.monotonic()) > 0: self._lock.wait(left)
+        try: self.flush()
+        except Exception: _log.exception("could not write dead letters to %s", self.folder)
+
+@patch
+def flush(self:DeadLetters) -> None:
+    "Write what waits: one append and fsync per day file; merge the counts beyond the caps into the day's summary."
+    with self._write_lock:
+        with self._lock: pending, self._pending, over, self._over = self._pending, {}, self._over, {}
+        for day, lines in pending.items():
+            try:
+                fd = os.open(self.folder/f"{day}.ndjson", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                with open(fd, 'ab') as f:
+                    before = os.fstat(f.fileno()).st_size
+                    f.write(b''.join(lines)); f.flush(); os.fsync(f.fileno()); after = os.fstat(f.fileno()).st_size
+            except OSError as e:
+                self.write_errors += len(lines); _log.error("could not write %d dead letters to %s (%s)", len(lines), self.folder, e); continue
+            with self._lock: self._total += after - before - sum(map(len, lines))   # another process's appends too
+        for day, o in over.items(): self._merge_summary(day, o)
+
+@patch
+def _merge_summary(self:DeadLetters, day:str, o:dict) -> None:
+    "Add counts and samples to `<day>.summary.json`, under a file lock (serve and mqtt may share the store)."
+    path = self.folder/f"{day}.summary.json"
+    with open(os.open(self.folder/'.summary.lock', os.O_WRONLY | os.O_CREAT, 0o640), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        s = orjson.loads(path.read_bytes()) if path.exists() else {'day': day, 'records': 0, 'counts': {}, 'samples': {}}
+        s['records'] += o['records']
+        for k, n in o['counts'].items(): s['counts'][k] = s['counts'].get(k, 0) + n
+        for k, xs in o['samples'].items(): s['samples'][k] = (s['samples'].get(k, []) + xs)[:_SAMPLES]
+        tmp = path.with_suffix('.tmp')
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640), 'wb') as f:
+            f.write(orjson.dumps(s, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, path)
+
+@patch
+def close(self:DeadLetters) -> None:
+    "Stop the writer thread and write what waits."
+    with self._lock: self._stop = True; self._lock.notify_all(); t = self._thread
+    if t is not None and t is not threading.current_thread(): t.join(10)
+    self.flush(); _OPEN.discard(self)
+
+@atexit.register
+def _flush_open():
+    "Stop the writer threads and write what waits, when the process exits."
+    for dl in list(_OPEN): dl.close()
+
+# %% ../nbs/13_ingest.ipynb #2d29ecd7
+@patch
+def letters(self:DeadLetters, day:str|None=None):
+    "Each stored line as (day, offset of the line in its file, the letter), oldest first; only `day` ('YYYY-MM-DD') if given."
+    self.flush()
+    for f in sorted(self.folder.glob(f"{day or '????-??-??'}.ndjson")):
+        off = 0
+        for line in f.read_bytes().splitlines(keepends=True):
+            if line.endswith(b'\n') and line.strip(): yield f.stem, off, orjson.loads(line)   # (not a line another process is writing)
+            off += len(line)
+
+@patch
+def summaries(self:DeadLetters) -> dict[str, dict]:
+    "Per day, what was kept beyond the caps: records, counts per reason, samples."
+    self.flush()
+    return {f.name.split('.')[0]: orjson.loads(f.read_bytes()) for f in sorted(self.folder.glob('*.summary.json'))}
+
+def letter_rejects(letter:dict):
+    "A letter's rejected records as dicts: index, field and reason (the first), reasons, record, and whether it is `text`."
+    rs = letter['reasons']
+    for r in letter['rejects']:
+        yield {'index': r[0], 'field': rs[r[1][0]][0], 'reason': rs[r[1][0]][1], 'reasons': [rs[k] for k in r[1]],
+               'record': r[3] if len(r) > 3 else r[2], 'text': len(r) > 3}
+
+@patch
+def read(self:DeadLetters) -> pd.DataFrame:
+    "Every stored dead letter as a table, a row per rejected record (`field` and `reason`: its first reason)."
+    rows = [{'day': d, 'offset': off, 'received': l['received'], 'source': l['source'], **r}
+            for d, off, l in self.letters() for r in letter_rejects(l)]
+    return pd.DataFrame(rows, columns=['day', 'offset', 'received', 'source', 'index', 'field', 'reason', 'reasons', 'record', 'text'])
 
 # %% ../nbs/13_ingest.ipynb #5c10be60
 @dataclass

@@ -9,8 +9,8 @@ Delivery. The ingester speaks MQTT 5 itself (a small client in this module, not 
 three or more `recv` calls and sends each acknowledgement with its own write, which capped it near 30k messages/s
 on two cores). It connects with a fixed client id, `clean_start=False` and a session expiry of a week, so what
 devices publish while it is down is queued by the broker and arrives after a restart; it subscribes at QoS 1.
-A message is acknowledged (PUBACK) only after its readings are fsynced in the spool and its rejected records are
-in the dead-letter store; a message that arrived on a connection that has since dropped is never acknowledged
+A message is acknowledged (PUBACK) only after its readings are fsynced in the spool (its rejected records are
+handed to the dead-letter store, which writes them within a fraction of a second); a message that arrived on a connection that has since dropped is never acknowledged
 (the broker resends it on the new one). CONNECT announces a Receive Maximum (default 10,000): MQTT 5 lets the
 client, not the broker's `max_inflight_messages` (20 by default), bound how many unacknowledged messages the
 broker sends ahead, and that window is what lets one fsync cover thousands of messages.
@@ -26,8 +26,12 @@ is parsed while the previous one is being fsynced; acknowledgements go out in or
 write per batch. Batches stay small (1 MiB): parsing a few thousand messages at a time kept orjson's objects in
 cache: orjson parsed 1.7 times as fast as in batches of 65 MB (5,000 messages of 100 readings).
 
-Dead letters: one line per rejected record, `source` = `mqtt:<topic>`, `index` = the record's position in its
-message, `record` = the record as sent (or the payload text, when it is not JSON).
+Dead letters: a line per message with rejected records, `source` = `mqtt:<topic>`, each record's position in its
+message, its reasons, and the record as sent (or the payload text, when it is not JSON). A batch's dead letters go to
+the store in one call and are written by its background thread, so a flood of bad messages costs about what good
+ones cost: their messages are checked together in one exact pass (not one pass per message) and no fsync waits per
+message. A payload that is not JSON, not UTF-8, nested deeper than 1,024 levels or has a lone surrogate is
+dead-lettered with that reason.
 
 Fast path. For the common case (objects with string ids, numeric values and ISO 8601 or epoch times) a batch is
 checked column by column with Arrow and numpy, without pandas and without a Python object per reading beyond
@@ -134,18 +138,57 @@ def _floats(col:list) -> np.ndarray:
     try: return np.array(col, dtype='float64')
     except OverflowError: return np.array([float(v) if abs(v) < 1e308 else np.inf for v in col], dtype='float64')
 
+_ISO_DAY = re.compile(r'\d{4}-\d\d-\d\d').match   # how every ISO 8601 time Arrow reads begins
+
 def _cast_ts(strs:list) -> tuple[np.ndarray, np.ndarray]:
-    "ISO 8601 strings with a zone to UTC microseconds with Arrow; (us, ok), halving the array around unparsable ones."
+    """ISO 8601 strings with a zone to UTC microseconds with Arrow; (us, ok). A string that does not begin with a date
+    is not tried; around other unparsable ones the array is halved down to runs of 64 (not 1: a flood of bad times
+    took two failing Arrow casts, ~1 ms each, per message), which go whole to the exact path."""
     out, ok = np.zeros(len(strs), 'int64'), np.zeros(len(strs), bool)
+    dated = [k for k, s in enumerate(strs) if _ISO_DAY(s)]
+    if len(dated) < len(strs):
+        if dated: u, o = _cast_ts([strs[k] for k in dated]); out[dated], ok[dated] = u, o
+        return out, ok
     def go(lo, hi):
         if lo >= hi: return
         try:
             out[lo:hi] = pa.array(strs[lo:hi], pa.string()).cast(_TS_US).cast(pa.int64()).to_numpy(zero_copy_only=False)
             ok[lo:hi] = True
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            if hi - lo > 1: mid = (lo + hi) // 2; go(lo, mid); go(mid, hi)
+            if hi - lo > 64: mid = (lo + hi) // 2; go(lo, mid); go(mid, hi)   # 64 or fewer: all to the exact path
     go(0, len(strs))
     return out, ok
+
+_MAX_NESTING = 1024   # orjson reads JSON nested this deep; deeper payloads are refused
+_FIX = 'publish a JSON reading, a list of readings or {"readings": [...]}'
+
+class _BadPayload(ValueError):
+    "A payload that is not a JSON reading; the message says what is wrong and what to publish."
+
+def _lone_surrogate(obj) -> bool:
+    "Whether a string (or key) in `obj` holds a lone surrogate, which the standard library's JSON reader lets through."
+    stack = [obj]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii():
+                try: v.encode('utf-8')
+                except UnicodeEncodeError: return True
+        elif isinstance(v, dict): stack.extend(v); stack.extend(v.values())
+        elif isinstance(v, list): stack.extend(v)
+    return False
+
+def _lenient(payload:bytes, topic:str, err:Exception):
+    """A payload orjson refused (`err`), read by the standard library, which reads NaN and Infinity (they then fail per
+    record); `_BadPayload` saying what is wrong if it is not JSON, nested too deep, not UTF-8, or has a lone surrogate."""
+    try: obj = json.loads(payload)
+    except RecursionError: raise _BadPayload(f"the payload on {topic} is nested deeper than {_MAX_NESTING} levels; {_FIX}") from None
+    except UnicodeDecodeError: raise _BadPayload(f"the payload on {topic} is not valid UTF-8 text; {_FIX}, encoded as UTF-8") from None
+    except ValueError: raise _BadPayload(f"payload on {topic} is not valid JSON ({err}); {_FIX}") from None
+    if _lone_surrogate(obj):
+        raise _BadPayload(f"the payload on {topic} has a lone surrogate (a \\ud800-\\udfff escape without its pair), which is not "
+                          f"valid UTF-8 text; send ids, names and units as UTF-8 text")
+    return obj
 
 class _Batch:
     "What the worker made of a batch of messages: tables per destination, the outcome, and what to acknowledge."
@@ -512,10 +555,9 @@ class MqttIngester:
         for i, m in enumerate(msgs):
             try: obj = loads(m[2])
             except orjson.JSONDecodeError as e:
-                try: obj = json.loads(m[2])   # NaN and Infinity, which orjson refuses: they fail per record
-                except (ValueError, UnicodeDecodeError):
-                    errors[i] = [RecordError(0, '-', f"payload on {topics[i][0]} is not valid JSON ({e}); publish a JSON reading, a list of readings or {{\"readings\": [...]}}")]
-                    continue
+                try: obj = _lenient(m[2], topics[i][0], e)   # NaN and Infinity, which orjson refuses: they fail per record
+                except _BadPayload as bad:
+                    errors[i] = [RecordError(0, '-', str(bad))]; continue
                 slow.add(i); items[i] = self._records(obj); continue
             if type(obj) is dict and 'readings' not in obj:
                 recs.append(obj); owner.append(i)
@@ -635,40 +677,53 @@ class MqttIngester:
 
     def _exact(self, slow:list, items:list, recs:list, owner:list, topics:list, now) -> tuple[pa.Table, dict]:
         """The messages `slow` through `from_records` + `check_parsed`, as HTTP bodies are; returns their accepted readings
-        and the errors per message. Messages of one device go in separate rounds, so duplicates are judged per message."""
-        single = {}
-        for r, o in zip(recs, owner):
-            if items[o] is None: single[o] = r
+        and the errors per message. They go in one pass, so a flood of bad messages costs one pass, not one per message.
+        Duplicates count within a message only: a message with a reading that repeats another message's (a resent
+        message) goes again, in rounds of one message per device."""
+        single = {o: r for r, o in zip(recs, owner) if items[o] is None}
+        table, errors, again = self._exact_pass(slow, items, single, topics, now)
+        if not again: return table, errors
         per_dev: dict = {}
-        for i in slow: per_dev.setdefault(topics[i][1], []).append(i)
-        tables, errors = [], {}
+        for i in sorted(again): per_dev.setdefault(topics[i][1], []).append(i)
+        tables = [table]
         for rnd in range(max(len(v) for v in per_dev.values())):
-            batch = [v[rnd] for v in per_dev.values() if rnd < len(v)]
-            rr, rown, rloc = [], [], []
-            for i in batch:
-                its = items[i] if items[i] is not None else [single[i]]
-                rr.extend(its); rown.extend([i] * len(its)); rloc.extend(range(len(its)))
-            if not rr: continue
-            mism = {}
-            for j, (r, o) in enumerate(zip(rr, rown)):
-                tdev = topics[o][1]
-                if isinstance(r, dict):
-                    if 'device_id' not in r and tdev: rr[j] = r = {**r, 'device_id': tdev}
-                    elif tdev and r.get('device_id') is not None and r.get('device_id') != tdev:
-                        mism[j] = f"published on {topics[o][0]} but claims device {r.get('device_id')!r}; publish on iot2ml/<its device_id>/telemetry"
-            parsed = from_records(rr)
-            if mism: parsed.frame = parsed.frame[~parsed.frame['record'].isin(list(mism))]
-            table, rec, errs = check_parsed(parsed, now=now)
-            errs += [RecordError(j, 'device_id', msg) for j, msg in mism.items()]
-            bad = set()
-            for e in errs:
-                bad.add(e.index)
-                msg = _DUP_RE.sub(lambda mm: f"duplicates record {rloc[int(mm[1])]}", e.message) if 'duplicates record' in e.message else e.message
-                errors.setdefault(rown[e.index], []).append(RecordError(rloc[e.index], e.field, msg))
-            if bad and table.num_rows: table = table.filter(pa.array(~np.isin(rec, list(bad))))
-            if table.num_rows: tables.append(table)
+            t, errs, _ = self._exact_pass([v[rnd] for v in per_dev.values() if rnd < len(v)], items, single, topics, now, alone=True)
+            tables.append(t); errors.update(errs)
+        return pa.concat_tables(tables), errors
+
+    def _exact_pass(self, batch:list, items:list, single:dict, topics:list, now, alone:bool=False) -> tuple[pa.Table, dict, set]:
+        """One `check_parsed` over the records of messages `batch`: their accepted readings, errors per message, and
+        (unless each message of `batch` is `alone` with its device) the messages to judge again alone."""
+        rr, rown, rloc = [], [], []
+        for i in batch:
+            its = items[i] if items[i] is not None else [single[i]]
+            rr.extend(its); rown.extend([i] * len(its)); rloc.extend(range(len(its)))
+        if not rr: return LONG_SCHEMA.empty_table(), {}, set()
+        mism = {}
+        for j, (r, o) in enumerate(zip(rr, rown)):
+            tdev = topics[o][1]
+            if isinstance(r, dict):
+                if 'device_id' not in r and tdev: rr[j] = r = {**r, 'device_id': tdev}
+                elif tdev and isinstance(r.get('device_id'), str) and r['device_id'] != tdev:
+                    mism[j] = f"published on {topics[o][0]} but claims device {r.get('device_id')!r}; publish on iot2ml/<its device_id>/telemetry"
+        parsed = from_records(rr)
+        if mism: parsed.frame = parsed.frame[~parsed.frame['record'].isin(list(mism))]
+        table, rec, errs = check_parsed(parsed, now=now)
+        errs += [RecordError(j, 'device_id', msg) for j, msg in mism.items()]
+        dup = lambda e: _DUP_RE.search(e.message) if 'duplicates record' in e.message else None
+        again = set() if alone else {rown[e.index] for e in errs if (m := dup(e)) and rown[int(m[1])] != rown[e.index]}
+        errors, bad = {}, set()
+        for e in errs:
+            if rown[e.index] in again: continue
+            bad.add(e.index)
+            msg = _DUP_RE.sub(lambda mm: f"duplicates record {rloc[int(mm[1])]}", e.message) if dup(e) else e.message
+            errors.setdefault(rown[e.index], []).append(RecordError(rloc[e.index], e.field, msg))
+        if table.num_rows and (bad or again):
+            keep = ~np.isin(rec, list(bad))
+            if again: keep &= ~np.isin(np.asarray(rown)[rec], list(again))
+            table = table.filter(pa.array(keep))
         for es in errors.values(): es.sort(key=lambda e: e.index)
-        return (pa.concat_tables(tables) if tables else LONG_SCHEMA.empty_table()), errors
+        return table, errors, again
 
     def _route(self, raw:pa.Table, topics:list, errors:dict, recs, items, owner) -> dict:
         "Apply the configured routes and transforms (as `Ingestor.process`); a reading's topic is its device's."
@@ -700,17 +755,19 @@ class MqttIngester:
         return res
 
     def _deadletter(self, errors:dict, msgs:list, payloads:dict|None, topics:list, items=None, recs=None, owner=None):
-        "Write each rejected record with its reason; `source` names the topic. One fsync per message with errors."
+        """Hand the rejected records of a batch, with their reasons, to the dead-letter store at once (a line per message,
+        `source` naming the topic; the store writes them within a fraction of a second, no fsync per message)."""
         single = {}
         if recs is not None:
             for r, o in zip(recs, owner):
                 if items[o] is None: single[o] = r
-        dl = self.svc.deadletters
+        letters = []
         for i, es in errors.items():
             if isinstance(i, tuple):   # transform failures: per device
-                dl.add(es, None, f"mqtt:iot2ml/{i[1]}/telemetry"); continue
+                letters.append((es, None, f"mqtt:iot2ml/{i[1]}/telemetry")); continue
             if payloads is not None and i in payloads: records = payloads[i]
             elif items is not None and items[i] is not None: records = items[i]
             elif i in single: records = [single[i]]
             else: records = [msgs[i][2].decode('utf-8', 'replace')]   # the payload itself (not JSON)
-            dl.add(es, records, f"mqtt:{topics[i][0]}")
+            letters.append((es, records, f"mqtt:{topics[i][0]}"))
+        self.svc.deadletters.add_many(letters)

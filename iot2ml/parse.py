@@ -242,9 +242,9 @@ def check_parsed(p:Parsed, now:pd.Timestamp|None=None, assume_tz:str|None=None) 
     res = validate(p.frame.drop(columns='record'), now=now, assume_tz=assume_tz) if len(p.frame) else None
     errors = list(p.errors)
     if res is not None:
-        wide = len(rec) != len(set(rec))
+        wide = len(rec) != len(set(rec)); sensors = p.frame['sensor'].to_numpy()   # (not .iloc per error: 0.2 ms each)
         for e in res.errors:
-            i = int(rec[e.index]); sensor = p.frame['sensor'].iloc[e.index]
+            i = int(rec[e.index]); sensor = sensors[e.index]
             msg = e.message if not wide or e.field == 'sensor' else f"(sensor {sensor}) {e.message}"
             errors.append(RecordError(i, e.field, msg))
     errors.sort(key=lambda e: e.index)

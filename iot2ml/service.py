@@ -89,7 +89,7 @@ class Service:
         self.state = LatestState(state_dir/'latest.sqlite', stale_after=ing.stale_after, bucket=ing.bucket, window=ing.window)
         self.updater = StateUpdater(self.state)
         self._latest, self._latest_timer, self._latest_tokens, self._latest_at = [], None, self.latest_burst, time.monotonic()
-        self.deadletters = DeadLetters(state_dir/'deadletter')
+        self.deadletters = DeadLetters.from_settings(s)   # state_dir/'deadletter', with the [ingest] caps
         self.hooks = dict(hooks or {})
         routes = [Route(**r.model_dump()) for r in ing.routes]
         self.ingestor = Ingestor(routes, ing.default_to, self.deadletters, device_types=self._device_types)

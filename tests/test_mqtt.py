@@ -288,3 +288,44 @@ def test_wrong_password_is_reported_and_retried(proj, inproc):
         wait_for(ing.connected.is_set, timeout=30, what='a retry with the right password')
         assert ing.last_error is None
     finally: ing.stop(5); svc.close()
+
+# ------------------------------------------------------------------------------------------------------------------ bad input
+
+def test_a_flood_of_bad_messages_is_dead_lettered_and_does_not_hold_up_another_device(proj):
+    from iot2ml.live import RawPublisher
+    ing = proj.ingester(); proj.probe()
+    n = 3000
+    flood = RawPublisher(proj.broker.host, proj.broker.port, 'pump-0002', proj.tokens['pump-0002'], 'flood-0002', 5000)
+    flood.publish_many([('iot2ml/pump-0002/telemetry', json.dumps({'ts': 'yesterday', 'sensor': 'flow', 'value': i}).encode()) for i in range(n)])
+    flood.close()                                   # the broker holds all 3,000 for the ingester
+    proj.publish(proj.device('pump-0001'), 'iot2ml/pump-0001/telemetry', {'ts': time.time(), 'sensor': 'flow', 'value': 42.0})
+    # (3,000 of these once took 100 s to drain, one exact pass and one fsync each, and the good reading waited behind them)
+    wait_for(lambda: ((l := proj.latest()).device_id == 'pump-0001').any(), timeout=30, what="pump-0001's reading in latest state")
+    dl = DeadLetters(proj.root/'state'/'deadletter')
+    wait_for(lambda: len(dl.read()) == n, timeout=30, what=f'{n} dead letters')
+    df = dl.read()
+    assert set(df.source) == {'mqtt:iot2ml/pump-0002/telemetry'} and set(df.field) == {'ts'}
+    assert df.reason.str.contains("'yesterday'").all() and sorted(r['value'] for r in df.record) == list(range(n))
+    assert proj.stop(ing) == 0
+
+def test_payloads_that_once_looked_like_bugs_get_a_plain_reason(proj):
+    ing = proj.ingester(); proj.probe()
+    a, T = proj.device('pump-0001'), 'iot2ml/pump-0001/telemetry'
+    deep = '[' * 300 + '1' + ']' * 300   # nested deeper than orjson writes (254)
+    proj.publish(a, T, b'{"ts": "2026-01-01T00:00:00Z", "sensor": "flow", "value": 1, "unit": "\\ud800"}')   # a lone surrogate
+    proj.publish(a, T, b'[' * 5000 + b']' * 5000)                                                        # nested 5,000 deep
+    proj.publish(a, T, b'{"ts": "2026-01-01T00:00:00Z", "sensor": "flow", "value": 1, "unit": "\xff"}')  # not UTF-8
+    proj.publish(a, T, f'[{{"ts": "2026-01-01T00:01:00Z", "sensor": "flow", "value": 2.0}},'
+                       f' {{"ts": "2026-01-01T00:02:00Z", "sensor": "flow", "value": {deep}}}]')          # a deep value beside a good one
+    dl = DeadLetters(proj.root/'state'/'deadletter')
+    wait_for(lambda: len(dl.read()) == 4, what='4 dead letters')
+    wait_for(lambda: len(proj.rows("sensor = 'flow'")) == 1, what='the good reading beside the deep value')
+    assert proj.rows("sensor = 'flow'").value.tolist() == [2.0]
+    r = dl.read().reason.tolist()
+    assert not any('bug in iot2ml' in x for x in r), r
+    assert r[0].startswith(f"the payload on {T} has a lone surrogate")
+    assert r[1].startswith(f"the payload on {T} is nested deeper than 1024 levels")
+    assert r[2].startswith(f"the payload on {T} is not valid UTF-8 text")
+    rec = dl.read().iloc[3]
+    assert rec['index'] == 1 and rec['field'] == 'value' and 'nested deeper than 32 levels: not kept' in rec['record']
+    assert proj.stop(ing) == 0
