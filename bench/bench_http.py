@@ -60,7 +60,9 @@ class Server:
     def __init__(self, base:Path, extra:str=''):
         self.root, self.port = base, free_port()
         (base/'iot2ml.toml').write_text(CONFIG.format(port=self.port, extra=extra))
-        self.token = Registry(base/'state'/'registry.sqlite').add(DEVICE, type='pump', site='bench').token
+        reg = Registry(base/'state'/'registry.sqlite')
+        self.token = reg.add(DEVICE, type='pump', site='bench').token
+        self.admin = reg.add_admin('bench').token   # /metrics spans every device: admin tokens only
         self.url = f'http://127.0.0.1:{self.port}'
     def start(self) -> 'Server':
         import httpx
@@ -75,7 +77,7 @@ class Server:
         raise RuntimeError(f"iot2ml serve did not start: {(self.root/'serve.log').read_text()[-2000:]}")
     def metrics(self) -> dict:
         import httpx
-        txt = httpx.get(self.url + '/metrics', headers={'Authorization': f'Bearer {self.token}'}, timeout=10).text
+        txt = httpx.get(self.url + '/metrics', headers={'Authorization': f'Bearer {self.admin}'}, timeout=10).text
         return {l.split()[0]: float(l.split()[1]) for l in txt.splitlines() if l and not l.startswith('#')}
     def stop(self) -> float:
         "SIGTERM (the service lands everything acknowledged) and wait; returns the seconds it took."

@@ -6,10 +6,27 @@ Hand-written (a server: routes, limits and error mapping read better as one file
 Endpoints: `POST /v1/readings` (JSON, NDJSON or CSV; one reading or a batch; long or wide), latest state
 (`GET /v1/devices/{id}/latest`, `GET /v1/latest`), predictions of the champion model (`POST /v1/predict`), the
 newest stream scores (`GET /v1/scores`), `GET /healthz` (no token), `GET /metrics` (Prometheus text)
-and the OpenAPI docs at `/docs`. Everything but the health check needs `Authorization: Bearer <token>`.
+and the OpenAPI docs at `/docs`. Everything but the health check and the docs needs `Authorization: Bearer <token>`.
+
+Who sees what (one rule, `Principal.may_read`, a set lookup on the devices the token was issued for): a device token
+reads only its own device, a gateway token the devices behind it, an admin token every device. Writes follow the same
+sets (`Principal.may_write`).
+
+    route                         who may call it      what it sees
+    POST /v1/readings             any token            writes its own devices' readings; others are rejected per record
+    GET  /v1/devices/{id}/latest  any token            {id} if in its scope, else 403 (even for ids that do not exist)
+    GET  /v1/latest               any token            the devices of its scope; ?site= and ?sensor= filter within it
+    GET  /v1/scores               any token            the scores of its scope; ?device= outside it: 403
+    POST /v1/predict              any token            devices / rows of its scope, else 403; rows without device_id: admin
+    GET  /metrics                 admin token          fleet-wide counters (403 for device and gateway tokens)
+    GET  /healthz                 anyone, no token     status, uptime, spool depth
+
+Slow and vanishing clients: a body that takes longer than `[ingest] read_timeout` seconds gets 408 and the connection is
+closed; a client that closes mid-body costs one warning line. (uvicorn itself closes kept-alive connections that stay
+idle `timeout_keep_alive`, 5 s, after a response.)
 """
 from __future__ import annotations
-import asyncio, gc, time
+import asyncio, gc, logging, time
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,15 +34,18 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.requests import ClientDisconnect
 
 from .config import Settings, load_settings
 from .parse import ParseError, parse_body
-from .registry import AuthError, Registry, authenticate
+from .registry import AuthError, Principal, Registry, authenticate
 from .scoring import NO_CHAMPION, BadRows, NoChampion, latest_scores
 from .service import RateLimited, Service
 from .spool import SpoolFull
 
 __all__ = ['create_app']
+
+log = logging.getLogger('iot2ml.api')
 
 _READING = {'type': 'object', 'description': 'A reading: long (sensor, value) or wide (one key per sensor)', 'properties': {
     'device_id': {'type': 'string', 'example': 'pump-0001'},
@@ -101,6 +121,16 @@ def create_app(settings:Settings|None=None, service:Service|None=None, writer_id
         try: return authenticate(svc.registry, token)
         except AuthError as e: raise HTTPException(e.status, e.message) from None
 
+    def check_read(who:Principal, devices) -> None:
+        "403 naming the token's subject and its scope unless `who` may read every one of `devices`."
+        try:
+            for d in devices: who.check_read(d)
+        except AuthError as e: raise HTTPException(e.status, e.message) from None
+
+    def check_admin(who:Principal, what:str) -> None:
+        if who.role != 'admin':
+            raise HTTPException(403, f"token for {who.subject} may not read {what}, which spans every device; use an admin token (iot2ml devices add-admin)")
+
     @app.exception_handler(HTTPException)
     async def http_error(request, exc:HTTPException):
         svc.count(exc.status_code)
@@ -119,25 +149,20 @@ def create_app(settings:Settings|None=None, service:Service|None=None, writer_id
         429: {'description': 'rate limit; see Retry-After'}, 503: {'description': 'spool full; see Retry-After'}})
     async def post_readings(request:Request, who=Depends(principal)):
         """One reading or a batch, long (`sensor`, `value`) or wide (a key per sensor), as JSON
-        (object, array, or `{"readings": [...]}`), NDJSON or CSV. Valid records are stored even when others are rejected."""
-        too_big = lambda: HTTPException(413, f"the body is larger than {lim.max_body_bytes:,} bytes; split it into smaller batches")
-        size = request.headers.get('content-length')
-        if size is not None and size.isdigit():   # the usual case: refuse before reading, else read it at once
-            if int(size) > lim.max_body_bytes: raise too_big()
-            body = await request.body()
-        else:                                     # chunked: stop reading once it is too large
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                chunks.append(chunk); size += len(chunk)
-                if size > lim.max_body_bytes: raise too_big()
-            body = b''.join(chunks)
+        (object, array, or `{"readings": [...]}`), NDJSON or CSV. Valid records are stored even when others are rejected.
+        Any token; a device writes only its own readings, a gateway those of the devices behind it, an admin any."""
+        try: body = await _read_body(request, lim.max_body_bytes, lim.read_timeout)
+        except ClientDisconnect:
+            log.warning("client %s (token for %s) closed the connection in the middle of a body sent to %s; nothing was stored",
+                        _peer(request), who.subject, request.url.path)
+            return Response(status_code=499)   # nobody reads it: the connection is gone
         ct = request.headers.get('content-type', 'application/json')
         try: parsed = parse_body(body, ct)
         except ParseError as e:
             raise HTTPException(415 if 'content type' in str(e) else 400, str(e)) from None
         if parsed.records > lim.max_batch:
             raise HTTPException(413, f"the batch has {parsed.records:,} records, more than {lim.max_batch:,}; split it")
-        try: svc.limiter.take(who.subject, max(parsed.readings, 1))
+        try: svc.limiter.take(who.subject, max(parsed.readings + len(parsed.errors), parsed.records, 1))   # rejects cost too
         except RateLimited as e: raise HTTPException(429, str(e), headers={'Retry-After': str(max(1, round(e.retry_after)))}) from None
         forbidden = None if who.role == 'admin' else (lambda d: None if who.may_write(d) else f"token for {who.subject} may not write readings of {d}; use that device's own token")
         tables, outcome = svc.route(parsed, source=f"http:{who.subject}", topic='http', forbidden=forbidden,
@@ -152,7 +177,9 @@ def create_app(settings:Settings|None=None, service:Service|None=None, writer_id
 
     @app.get('/v1/devices/{device_id}/latest', summary='Latest values of one device')
     async def device_latest(device_id:str, who=Depends(principal)):
-        "Newest value per sensor by event time, when the device was last heard from, and whether it is online."
+        """Newest value per sensor by event time, when the device was last heard from, and whether it is online.
+        A device's own token, its gateway's or an admin's; others get 403 (before 404, so ids cannot be probed)."""
+        check_read(who, [device_id])
         d = await asyncio.to_thread(svc.state.device, device_id)
         if d is None: raise HTTPException(404, f"no readings from device {device_id!r} yet; check the id (iot2ml devices list)")
         sc = await asyncio.to_thread(lambda: latest_scores(svc.predictor.con(), [device_id]))
@@ -160,14 +187,21 @@ def create_app(settings:Settings|None=None, service:Service|None=None, writer_id
         return d
 
     @app.post('/v1/predict', summary='Failure risk from the champion model', response_model=PredictResponse, responses={
-        401: {'description': 'no or unknown token'}, 403: {'description': 'revoked token'},
+        401: {'description': 'no or unknown token'}, 403: {'description': 'revoked token, or a device or row the token may not read'},
         422: {'description': 'bad body, or rows that lack feature columns (named)'},
         503: {'description': 'no champion model yet (promote one), or latest state does not fit the model'}})
     async def predict(body:PredictRequest, who=Depends(principal)):
         """Risk, alert, RUL and anomaly score per feature row (`{"rows": [...]}`) or per device (`{"devices": [...]}`: features
         from the device's newest interval in latest state). Devices that cannot be scored come back in `errors` (status 404:
         unknown, or less history than the model's features need). Answered by the champion, which reloads by itself when
-        another version is promoted."""
+        another version is promoted. A device or gateway token asks only for the devices it may read, and sends only rows
+        with their `device_id`; rows without one need an admin token (403 otherwise)."""
+        if body.devices is not None: check_read(who, body.devices)
+        elif who.devices is not None:
+            if any('device_id' not in r for r in body.rows):
+                raise HTTPException(403, f"token for {who.subject} may send only rows with a device_id it may read ({who.scope}); "
+                                         "rows without one need an admin token")
+            check_read(who, (r['device_id'] for r in body.rows))
         pr = svc.predictor; c = pr.champion.current
         if c is None: raise HTTPException(503, NO_CHAMPION)
         try:
@@ -183,30 +217,59 @@ def create_app(settings:Settings|None=None, service:Service|None=None, writer_id
     @app.get('/v1/scores', summary='Newest stream score per device', response_model=list[Score])
     async def scores(alert:int|None=Query(None, ge=0, le=1, description='only devices with this alert (1: alerting)'),
                      device:list[str]|None=Query(None, description='only these devices'), who=Depends(principal)):
-        "The newest score per device from streaming scoring (`[scoring] enabled`), with the model version that scored it."
+        """The newest score per device from streaming scoring (`[scoring] enabled`), with the model version that scored it.
+        Any token, for the devices it may read (all of them for an admin); `device` outside them: 403."""
+        if device is not None: check_read(who, device)
+        else: device = who.readable()
+        if device == []: return Response(b'[]', media_type='application/json')
         out = await asyncio.to_thread(lambda: latest_scores(svc.predictor.con(), device, alert))
         return Response(orjson.dumps(out), media_type='application/json')
 
     @app.get('/v1/latest', summary='Latest values of many devices')
     async def latest(sensor:str|None=Query(None, description='only this sensor'),
                      site:str|None=Query(None, description="only the devices of this site (from the registry)"), who=Depends(principal)):
-        "Newest value per device and sensor, optionally one sensor and one site."
+        """Newest value per device and sensor, optionally one sensor and one site. Any token, for the devices it may read
+        (all of them for an admin); `site` and `sensor` filter within those."""
         devices = None if site is None else [d for d, info in svc.device_info().items() if info[1] == site]
+        devices = who.readable(devices)
+        if devices == []: return Response(b'[]', media_type='application/json')
         df = await asyncio.to_thread(svc.state.latest, devices, sensor)
         return Response(orjson.dumps(df.to_dict(orient='records'), default=str), media_type='application/json')
 
     @app.get('/healthz', summary='Health check (no token)')
     async def healthz():
-        "200 when the service accepts readings."
+        "200 when the service accepts readings. No token: it says nothing about any device."
         st = svc.writer.stats
         return {'status': 'ok', 'uptime_s': round(time.time() - svc.started, 1), 'spool_depth_rows': st['depth_rows']}
 
     @app.get('/metrics', summary='Prometheus metrics', response_class=PlainTextResponse)
     async def metrics(who=Depends(principal)):
-        "Counters and gauges in the Prometheus text format."
+        "Counters and gauges in the Prometheus text format, over every device: admin tokens only (403 otherwise)."
+        check_admin(who, '/metrics')
         return PlainTextResponse(prometheus_text(svc), media_type='text/plain; version=0.0.4')
 
     return app
+
+async def _read_body(request:Request, limit:int, timeout:float) -> bytes:
+    "The request body: 413 past `limit` bytes (before reading, when Content-Length says so), 408 if it takes over `timeout` s."
+    size = request.headers.get('content-length')
+    too_big = lambda: HTTPException(413, f"the body is larger than {limit:,} bytes; split it into smaller batches")
+    if size is not None and size.isdigit() and int(size) > limit: raise too_big()
+    chunks, got = [], 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                chunks.append(chunk); got += len(chunk)
+                if got > limit: raise too_big()
+    except TimeoutError:
+        log.warning("client %s sent %d bytes of a body to %s in %s s and was cut off (408)", _peer(request), got, request.url.path, timeout)
+        raise HTTPException(408, f"the body took longer than {timeout:g} s to arrive ([ingest] read_timeout); "
+                                 "send it at once or in smaller batches", headers={'Connection': 'close'}) from None
+    return b''.join(chunks)
+
+def _peer(request:Request) -> str:
+    c = request.client
+    return f"{c.host}:{c.port}" if c else 'unknown'
 
 def _records_for_deadletter(body:bytes, ct:str) -> list|None:
     """The sender's records, so a dead letter holds what was sent: JSON and NDJSON as the standard library reads them
@@ -254,6 +317,8 @@ def prometheus_text(svc:Service) -> str:
     metric('flush_lag_seconds', 'gauge', 'Age of the oldest reading of the last landing when it landed.', [({}, w['last_flush_lag'] or 0)])
     metric('fsyncs_total', 'counter', 'fsyncs of the spool (group commits).', [({}, w['fsyncs'])])
     metric('spool_full_total', 'counter', 'Appends refused by backpressure.', [({}, w['spool_full'])])
+    metric('spool_replayed_rows_total', 'counter', 'Readings replayed from the spool into the lake at start (acknowledged before a crash).',
+           [({}, w['replayed_rows'])])
     metric('latest_state_dropped_total', 'counter', 'Batches the latest-state updater could not apply.', [({}, svc.updater.errors)])
     pr = svc._predictor
     if pr is not None:

@@ -301,7 +301,7 @@ class AuthError(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    "Whom a token belongs to: `subject`, its `role`, and the devices whose readings it may write (None: all)."
+    "Whom a token belongs to: `subject`, its `role`, and the devices whose readings it may write and read (None: all)."
     subject: str
     role: str  # 'device', 'gateway' or 'admin'
     devices: frozenset|None
@@ -313,6 +313,29 @@ class Principal:
     def check_write(self, device_id:str) -> None:
         "Raise `AuthError(403)` unless this principal may write readings of `device_id`."
         if not self.may_write(device_id): raise AuthError(403, f"token for {self.subject} may not write readings of {device_id}")
+
+    def may_read(self, device_id) -> bool:
+        "Whether this principal may read the latest state, scores and predictions of `device_id` (a set lookup)."
+        return self.devices is None or (isinstance(device_id, str) and device_id in self.devices)
+
+    def readable(self, devices:list[str]|None=None) -> list[str]|None:
+        "Those of `devices` this principal may read; for `None` (every device): None for an admin, else its own devices."
+        if devices is None: return None if self.devices is None else sorted(self.devices)
+        return [d for d in devices if self.may_read(d)]
+
+    @property
+    def scope(self) -> str:
+        "What this principal may read, in words."
+        if self.devices is None: return 'every device'
+        if self.role == 'device': return f"only {self.subject} itself"
+        names = sorted(self.devices)
+        some = ', '.join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else '')
+        return f"only the {len(names)} devices behind gateway {self.subject} ({some})" if names else f"no device (none is behind gateway {self.subject})"
+
+    def check_read(self, device_id) -> None:
+        "Raise `AuthError(403)` unless this principal may read `device_id`."
+        if not self.may_read(device_id):
+            raise AuthError(403, f"token for {self.subject} may read {self.scope}, not {device_id!r}; use an admin token or that device's own")
 
 # %% ../nbs/10_registry.ipynb #76af8456
 _AUTH_SQL = """SELECT t.subject, t.role, t.expires, t.revoked, d.revoked AS subject_revoked,

@@ -1,4 +1,4 @@
-import os, shutil, subprocess, sys
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest, yaml
 
@@ -38,6 +38,27 @@ def tiny_project(tmp_path_factory):
     run([str(BIN/'iot2ml'), 'snapshot'], d)
     run('git add -A && git commit -qm init', d)
     return d
+
+# -- a small trained champion, for the API tests that must get past "no champion model yet" ------------------------------
+
+def bundle_with_spec(src:Path, dest:Path, expected:float) -> Path:
+    "The model bundle at `src`, saved to `dest` with the feature spec its features were built with (if it carries none)."
+    from iot2ml.features import FeatureSpec
+    from iot2ml.models import load_model, save_model
+    m = load_model(src)
+    if getattr(m, 'feature_spec', None) is None: m.feature_spec = FeatureSpec(expected=expected)
+    save_model(m, dest)
+    for f in Path(src).iterdir():   # any other file of the bundle (detector, card extras)
+        if not (dest/f.name).exists(): shutil.copytree(f, dest/f.name) if f.is_dir() else shutil.copy(f, dest/f.name)
+    return dest
+
+@pytest.fixture(scope='session')
+def small_champion(tmp_path_factory) -> Path:
+    "The example workspace's trained bundle with its feature spec: register it in a `ModelRegistry` and promote it."
+    from iot2ml.pipeline import example_workspace
+    ws = example_workspace('evaluate')
+    expected = json.loads((ws['prepared_dir']/'summary.json').read_text())['expected_per_interval']
+    return bundle_with_spec(ws['model_dir'], tmp_path_factory.mktemp('champion')/'model', expected)
 
 # -- a real Mosquitto (tests/mqtt_broker.py), for test_registry.py and test_mqtt.py --------------------------------------
 

@@ -19,13 +19,15 @@ port = {port}
 """
 
 class Server:
-    def __init__(self, root:Path):
-        self.root, self.port = root, free_port()
+    "`iot2ml serve` in a subprocess on a free port; `env` adds IOT2ML_* variables; its stdout and stderr go to serve.log."
+    def __init__(self, root:Path, env:dict|None=None):
+        self.root, self.port, self.env = root, free_port(), env or {}
         (root/'iot2ml.toml').write_text(CONFIG.format(port=self.port))
         self.url = f"http://127.0.0.1:{self.port}"; self.proc = None
     def start(self):
         self.log = open(self.root/'serve.log', 'ab')
-        self.proc = subprocess.Popen([str(BIN/'iot2ml'), 'serve'], cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([str(BIN/'iot2ml'), 'serve'], cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=os.environ | self.env)
         for _ in range(200):
             try:
                 if httpx.get(self.url + '/healthz', timeout=0.5).status_code == 200: return self
@@ -144,11 +146,12 @@ def test_auth(server):
     r = post(s, R(0), token='i2m_not-a-real-token')
     assert r.status_code == 401 and r.json()['error'].startswith('unknown token')
     assert httpx.get(s.url + '/v1/latest').status_code == 401 and httpx.get(s.url + '/metrics').status_code == 401
-    s.reg.revoke('pump-0003'); time.sleep(2.1)                       # revocation takes effect within the auth cache TTL
-    r = post(s, R(0, device_id='pump-0003'), token='pump-0003')
+    assert post(s, R(0, device_id='pump-0003'), token='pump-0003').status_code == 200   # fills the server's auth cache
+    s.reg.revoke('pump-0003')                                        # ... which must let go within its TTL (1 s)
+    r = wait_for(lambda: (r := post(s, R(1, device_id='pump-0003'), token='pump-0003')).status_code != 200 and r)
     assert r.status_code == 403 and 'revoked' in r.json()['error']
-    short = s.reg.add('pump-0009', expires_in='1s').token; time.sleep(1.5)
-    r = post(s, R(0, device_id='pump-0009'), token=short)
+    short = s.reg.add('pump-0009', expires_in='1s').token
+    r = wait_for(lambda: (r := post(s, R(0, device_id='pump-0009'), token=short)).status_code != 200 and r)
     assert r.status_code == 401 and 'expired' in r.json()['error']
     gw = post(s, [R(0, device_id='pump-0101'), R(0, device_id='pump-0102'), R(0, device_id='pump-0001')], token='gw').json()
     assert gw['accepted'] == 2 and gw['errors'][0]['index'] == 2
@@ -179,8 +182,9 @@ def test_latest_state_and_metrics(server):
 
 def test_kill_9_loses_no_acknowledged_reading(tmp_path):
     s = Server(tmp_path); reg = Registry(tmp_path/'state'/'registry.sqlite')
-    s.tokens = {'pump-0001': reg.add('pump-0001').token}
-    (tmp_path/'iot2ml.toml').write_text(CONFIG.format(port=s.port).replace('flush_seconds = 0.3', 'flush_seconds = 2.0').replace('rate_limit = 1000', 'rate_limit = 10000000').replace('rate_burst = 2000', 'rate_burst = 10000000'))
+    s.tokens = {'pump-0001': reg.add('pump-0001').token, 'admin': reg.add_admin('ops').token}
+    (tmp_path/'iot2ml.toml').write_text(CONFIG.format(port=s.port).replace('flush_seconds = 0.3', 'flush_seconds = 3600')   # nothing lands before the kill
+                                        .replace('rate_limit = 1000', 'rate_limit = 10000000').replace('rate_burst = 2000', 'rate_burst = 10000000'))
     s.start()
     acked, stop = [], threading.Event()
     def load():
@@ -197,7 +201,13 @@ def test_kill_9_loses_no_acknowledged_reading(tmp_path):
     wait_for(lambda: len(acked) > 30, 30)
     s.proc.send_signal(signal.SIGKILL); s.proc.wait(); stop.set(); t.join()
     s.log.close()
-    s.start(); s.stop()                                              # the restart replays the spool into the lake
+    spooled = sum(p.stat().st_size for p in (tmp_path/'state'/'spool').glob('*/seg-*.wal'))
+    assert spooled > 100 * len(acked) and len(lake_rows(s)) == 0     # every acknowledged reading is in the spool, none in the lake
+    s.start()                                                        # the restart replays the spool into the lake
+    m = httpx.get(s.url + '/metrics', headers={'Authorization': f"Bearer {s.tokens['admin']}"}).text
+    s.stop()
+    replayed = int(next(l.split()[-1] for l in m.splitlines() if l.startswith('iot2ml_spool_replayed_rows_total')))
+    assert replayed >= 100 * len(acked), (replayed, len(acked))
     lk = Lake(tmp_path/'data'/'lake'); lk.process()
     df = lk.sql("SELECT CAST(value AS INT) AS batch, count(*) AS n FROM processed.telemetry GROUP BY 1")
     got = dict(zip(df['batch'], df['n']))
@@ -234,3 +244,126 @@ transforms = ["transforms.no_negatives"]
         df = wait_rows(s, 2)
         assert sorted(zip(df['sensor'], df['value'], df['unit'].fillna(''))) == [('bearing_temp', 100.0, 'degC'), ('flow', 7.0, '')]
     finally: s.stop()
+
+# -- read scopes: a device reads itself, a gateway the devices behind it, an admin everything ----------------------------
+
+ROLES = ('admin', 'device', 'gateway', 'none', 'revoked')
+OWN, GW, ALL = {'pump-0001'}, {'pump-0101', 'pump-0102'}, {'pump-0001', 'pump-0002', 'pump-0003', 'pump-0101', 'pump-0102'}
+SITES = {'pump-0001': 'north', 'pump-0002': 'north', 'pump-0003': 'south', 'pump-0101': 'north', 'pump-0102': 'south'}
+
+@pytest.fixture(scope='module')
+def fleet(tmp_path_factory):
+    "A server with latest values and scores of five devices (pump-0101 and pump-0102 behind gateway gw-1), and a token per role."
+    from iot2ml.scoring import ensure_scores_table
+    from iot2ml.state import LatestState
+    root = tmp_path_factory.mktemp('fleet')
+    s, reg = Server(root), Registry(root/'state'/'registry.sqlite')
+    gw = reg.add('gw-1', kind='gateway').token
+    issued = {d: reg.add(d, site=site, gateway_id='gw-1' if d.startswith('pump-01') else None) for d, site in SITES.items()}
+    revoked = reg.add('pump-0004').token; reg.revoke('pump-0004')
+    s.tokens = {'admin': reg.add_admin('ops').token, 'device': issued['pump-0001'].token, 'gateway': gw, 'revoked': revoked}
+    con = LatestState(root/'state'/'latest.sqlite').con
+    ensure_scores_table(con)
+    con.executemany('INSERT INTO scores VALUES (?,?,?,?,?,?,?,?)', [(d, 0, 0, 'v1', 0.5, 0, None, None) for d in ALL]); con.commit()
+    s.start()
+    assert post(s, [R(0, device_id=d) for d in ALL], token='admin').json()['accepted'] == 5
+    wait_for(lambda: len(call(s, 'admin', 'GET', '/v1/latest').json()) == 5)
+    yield s
+    s.stop()
+
+def call(s, role, method, path, body=None):
+    h = {} if role == 'none' else {'Authorization': f"Bearer {s.tokens[role]}"}
+    return httpx.request(method, s.url + path, json=body, headers=h, timeout=10)
+
+# (method, path, body) -> {role: status, or (status, the devices the answer shows)}; no token: 401, revoked: 403
+SCOPES = [
+    (('GET', '/v1/devices/pump-0001/latest', None), {'admin': (200, OWN), 'device': (200, OWN), 'gateway': 403}),
+    (('GET', '/v1/devices/pump-0101/latest', None), {'admin': (200, {'pump-0101'}), 'device': 403, 'gateway': (200, {'pump-0101'})}),
+    (('GET', '/v1/devices/pump-0404/latest', None), {'admin': 404, 'device': 403, 'gateway': 403}),   # no probing for ids
+    (('GET', '/v1/latest', None), {'admin': (200, ALL), 'device': (200, OWN), 'gateway': (200, GW)}),
+    (('GET', '/v1/latest?site=north', None), {'admin': (200, {'pump-0001', 'pump-0002', 'pump-0101'}), 'device': (200, OWN),
+                                              'gateway': (200, {'pump-0101'})}),
+    (('GET', '/v1/latest?site=south&sensor=flow', None), {'admin': (200, {'pump-0003', 'pump-0102'}), 'device': (200, set()),
+                                                          'gateway': (200, {'pump-0102'})}),
+    (('GET', '/v1/scores', None), {'admin': (200, ALL), 'device': (200, OWN), 'gateway': (200, GW)}),
+    (('GET', '/v1/scores?alert=0', None), {'admin': (200, ALL), 'device': (200, OWN), 'gateway': (200, GW)}),
+    (('GET', '/v1/scores?device=pump-0001', None), {'admin': (200, OWN), 'device': (200, OWN), 'gateway': 403}),
+    (('GET', '/v1/scores?device=pump-0101&device=pump-0002', None), {'admin': (200, {'pump-0101', 'pump-0002'}), 'device': 403, 'gateway': 403}),
+    # 503: past the scope check, stopped by the missing champion model
+    (('POST', '/v1/predict', {'devices': ['pump-0001']}), {'admin': 503, 'device': 503, 'gateway': 403}),
+    (('POST', '/v1/predict', {'devices': ['pump-0101', 'pump-0102']}), {'admin': 503, 'device': 403, 'gateway': 503}),
+    (('POST', '/v1/predict', {'rows': [{'device_id': 'pump-0001', 'x': 1.0}]}), {'admin': 503, 'device': 503, 'gateway': 403}),
+    (('POST', '/v1/predict', {'rows': [{'device_id': 'pump-0102', 'x': 1.0}, {'device_id': 'pump-0002', 'x': 1.0}]}),
+     {'admin': 503, 'device': 403, 'gateway': 403}),
+    (('POST', '/v1/predict', {'rows': [{'x': 1.0}]}), {'admin': 503, 'device': 403, 'gateway': 403}),   # rows of no device: admins only
+    (('GET', '/metrics', None), {'admin': 200, 'device': 403, 'gateway': 403}),
+    (('POST', '/v1/readings', R(0)), {'admin': 200, 'device': 200, 'gateway': 422}),   # writes: pump-0001 is not behind gw-1
+    (('GET', '/healthz', None), {'admin': 200, 'device': 200, 'gateway': 200, 'none': 200, 'revoked': 200}),
+]
+CASES = [pytest.param(req, role, exp.get(role, {'none': 401, 'revoked': 403}.get(role)), id=f"{req[0]} {req[1]} {req[2] or ''} as {role}")
+         for req, exp in SCOPES for role in ROLES]
+
+@pytest.mark.parametrize('req,role,expected', CASES)
+def test_read_scopes(fleet, req, role, expected):
+    status, visible = expected if isinstance(expected, tuple) else (expected, None)
+    r = call(fleet, role, *req)
+    assert r.status_code == status, r.text
+    if visible is not None:
+        out = r.json()
+        assert {x['device_id'] for x in (out if isinstance(out, list) else [out])} == visible
+    if status == 403 and role in ('device', 'gateway'):
+        who = {'device': 'pump-0001', 'gateway': 'gw-1'}[role]
+        assert r.json()['error'].startswith(f"token for {who} may ") and ('may read only' in r.json()['error'] or 'admin' in r.json()['error'])
+
+# -- limits of a stricter server: rejects charged to the rate limit, slow and vanishing bodies ----------------------------
+
+@pytest.fixture
+def strict(tmp_path):
+    "A server with a small rate limit (1,000 readings/s, bursts of 2,000), batches up to 100,000 and a 1 s body read timeout."
+    s = Server(tmp_path, env={'IOT2ML_INGEST__RATE_LIMIT': '1000', 'IOT2ML_INGEST__RATE_BURST': '2000',
+                              'IOT2ML_INGEST__MAX_BATCH': '100000', 'IOT2ML_INGEST__READ_TIMEOUT': '1'})
+    s.tokens = {'pump-0001': Registry(tmp_path/'state'/'registry.sqlite').add('pump-0001').token}
+    s.start(); yield s; s.stop()
+
+def test_rejected_records_are_charged_to_the_rate_limit(strict):
+    body = '[' + ','.join(['1'] * 50_000) + ']'                    # 50,000 records, every one rejected
+    codes = [post(strict, body).status_code for _ in range(20)]
+    assert codes == [422] + [429] * 19, codes                       # the first drains the bucket for 48 s
+
+def raw_post(s, length:int, sent:bytes, chunked=False) -> socket.socket:
+    "A socket that sent the headers of a POST /v1/readings with a body of `length` bytes, and `sent` of it."
+    size = 'Transfer-Encoding: chunked' if chunked else f'Content-Length: {length}'
+    head = (f"POST /v1/readings HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {s.tokens['pump-0001']}\r\n"
+            f"Content-Type: application/json\r\n{size}\r\n\r\n")
+    sock = socket.create_connection(('127.0.0.1', s.port), timeout=30)   # the bound of every wait below
+    sock.sendall(head.encode() + (f"{len(sent):x}\r\n".encode() + sent + b"\r\n" if chunked else sent))
+    return sock
+
+def read_all(sock:socket.socket) -> bytes:
+    "Everything the server sends until it closes the connection (socket.timeout if it does not)."
+    got = b''
+    while chunk := sock.recv(65536): got += chunk
+    sock.close()
+    return got
+
+@pytest.mark.parametrize('chunked', [False, True])
+def test_a_stalled_body_gets_408_and_a_closed_connection(strict, chunked):
+    got = read_all(raw_post(strict, 10_000, b'[' + b'1,' * 100, chunked))   # a part of the body, then nothing
+    assert got.startswith(b'HTTP/1.1 408') and b'read_timeout' in got, got[:300]
+    assert post(strict, R(0)).status_code == 200                            # the server goes on
+
+def test_idle_keep_alive_connections_are_closed(strict):
+    "uvicorn closes a kept-alive connection that sends nothing after a response (timeout_keep_alive, 5 s)."
+    sock = socket.create_connection(('127.0.0.1', strict.port), timeout=30)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert read_all(sock).startswith(b'HTTP/1.1 200')
+
+def test_a_client_closing_mid_body_logs_one_line(strict):
+    log = strict.root/'serve.log'
+    before = len(log.read_bytes())
+    raw_post(strict, 10_000, b'[' + b'1,' * 100).close()
+    wait_for(lambda: len(log.read_bytes()) > before)
+    assert post(strict, R(0)).status_code == 200                            # the server goes on, and logs nothing more
+    new = log.read_bytes()[before:].decode()
+    assert 'Traceback' not in new and len(new.splitlines()) == 1, new
+    assert 'closed the connection' in new and 'pump-0001' in new

@@ -32,28 +32,56 @@ def test_any_bytes_any_type(data, ct):
     except ParseError: return
     check_parsed(p, now=NOW)
 
-def test_api_fuzzed_from_its_openapi_schema(tmp_path):
-    import schemathesis
+# Bodies that once gave HTTP 500 (issue 8), sent as explicit cases beside the generated ones: lone surrogates (as JSON
+# escapes and as raw UTF-8 bytes), deep nesting, a value nested past orjson's depth beside a valid reading, repeated CSV columns.
+_OK = b'{"device_id":"pump-0001","ts":"2026-01-01T00:00:00Z","sensor":"flow","value":1}'
+_SUR = b'"\\ud800"'
+_NASTY = [*[(b'[' + _OK + b',' + _OK.replace(b'"' + k + b'"', _SUR, 1) + b']', 'application/json')
+            for k in (b'pump-0001', b'2026-01-01T00:00:00Z', b'flow')],          # device_id, ts, sensor
+          (b'[' + _OK + b',' + _OK.replace(b'1}', _SUR + b'}') + b']', 'application/json'),                 # value
+          (_OK.replace(b'}', b',"unit":' + _SUR + b'}'), 'application/json'),                                 # unit
+          (b'{"device_id":"pump-0001","ts":"2026-01-01T00:00:00Z",' + _SUR + b':1}', 'application/json'),   # a wide key
+          (_OK.replace(b'flow', b'fl\xed\xa0\x80ow'), 'application/json'),                                 # raw surrogate bytes
+          (_OK + b'\n' + _OK.replace(b'flow', b'\\ud800'), 'application/x-ndjson'),
+          (b'[' * 5000 + b']' * 5000, 'application/json'), (b'[' * 5000 + b']' * 5000, 'application/x-ndjson'),
+          (b'[' + _OK + b',' + _OK.replace(b':1}', b':' + b'[' * 300 + b']' * 300 + b'}') + b']', 'application/json'),
+          (b'device_id,device_id,ts,sensor,value\npump-0001,pump-0001,2026-01-01T00:00:00Z,flow,1\n', 'text/csv'),
+          (b'device_id,ts,flow,flow\npump-0001,2026-01-01T00:00:00Z,1,2\n', 'text/csv'),
+          (b'device_id,ts,sensor,value\npump-0001,2026-01-01T00:00:00Z,fl\xed\xa0\x80ow,1\n', 'text/csv')]
+
+def test_api_fuzzed_from_its_openapi_schema(tmp_path, small_champion):
+    import httpx, schemathesis
     from hypothesis import given as hgiven
     from test_api import Server
+    from iot2ml.mlregistry import ModelRegistry
+    @schemathesis.serializer('application/x-ndjson')   # its schema is a string: send it as it is
+    def _ndjson(ctx, value): return value if isinstance(value, bytes) else str(value).encode('utf-8', 'surrogatepass')
+    models = ModelRegistry(tmp_path/'state'/'registry')
+    models.promote(models.register(small_champion), reason='a champion, so /v1/predict runs its code')
     s = Server(tmp_path)
     reg = Registry(tmp_path/'state'/'registry.sqlite'); token = reg.add_admin('fuzz').token; reg.add('pump-0001')
+    auth = {'Authorization': f'Bearer {token}'}
     s.start()
     try:
         schema = schemathesis.openapi.from_url(s.url + '/openapi.json')
         failures, calls = [], {}
+        def check(case, r):
+            calls.setdefault((case.method, case.path), []).append(r.status_code)
+            if r.status_code >= 500: failures.append((case.method, case.path, r.status_code, r.text[:200], case.body if isinstance(case.body, bytes) else None))
         for result in schema.get_all_operations():
             op = result.ok()
             @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
             @hgiven(case=op.as_strategy())
-            def run(case):
-                r = case.call(headers={'Authorization': f'Bearer {token}'})
-                calls[(case.method, case.path)] = calls.get((case.method, case.path), 0) + 1
-                documented = r.status_code == 503 and 'no champion model yet' in r.text   # /v1/predict with no model promoted
-                if r.status_code >= 500 and not documented: failures.append((case.method, case.path, r.status_code, r.text[:200]))
+            def run(case): check(case, case.call(headers=auth))
             run()
+        readings, predict = schema['/v1/readings']['POST'], schema['/v1/predict']['POST']
+        for body, ct in _NASTY: check(c := readings.Case(body=body, media_type=ct), c.call(headers=auth))
+        features = json.loads((small_champion/'model.json').read_text())['features']
+        row = {f: 0.0 for f in features} | {'device_id': 'pump-0001', 'ts': '2026-01-14T23:00:00Z'}
+        r = predict.Case(body={'rows': [row]}, media_type='application/json').call(headers=auth)
+        assert r.status_code == 200 and len(r.json()['predictions']) == 1, r.text   # a whole row is scored by the champion
         assert not failures, failures[:5]
-        assert calls.get(('POST', '/v1/readings'), 0) >= 20, calls     # the ingest endpoint really was fuzzed
-        import httpx
-        assert httpx.get(s.url + '/healthz').status_code == 200      # the service stayed up
+        assert len(calls.get(('POST', '/v1/readings'), [])) >= 20, calls              # the ingest endpoint really was fuzzed
+        assert {200, 422} <= set(calls[('POST', '/v1/predict')]), calls              # ... and predict past its 503
+        assert httpx.get(s.url + '/healthz').status_code == 200                      # the service stayed up
     finally: s.stop()
