@@ -352,13 +352,14 @@ def mqtt_(ctx, host, port, username, password_file, client_id, shared_group, wri
     click.echo(f"Stopped: {ing.acked:,} messages stored and acknowledged.")
 
 # %% ../nbs/09_cli.ipynb #9bcb8a5b
-def _chunks(path:Path, fmt:str, rows:int):
+def _chunks(path:Path, fmt:str, rows:int, columns:dict|None=None):
     "Record batches of a CSV or Parquet file, as pandas frames."
     import pyarrow.csv as pacsv, pyarrow.parquet as pq
+    from iot2ml.parse import csv_options
     if fmt == 'parquet':
         for b in pq.ParquetFile(path).iter_batches(batch_size=rows): yield b.to_pandas()
     else:
-        r = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22), convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        r = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22), convert_options=csv_options(columns))   # ids and times as text
         for b in r: yield b.to_pandas()
 
 @cli.command('import')
@@ -382,15 +383,16 @@ def import_(ctx, file, fmt, columns, device, sensor, assume_tz, rows):
     from tqdm.auto import tqdm
     from iot2ml.ingest import DeadLetters, Ingestor
     from iot2ml.parse import from_frame
+    from iot2ml.schema import Limits
     s = _settings(ctx); path = Path(file); lake = Lake.from_settings(s)
     fmt = fmt or ('parquet' if path.suffix.lower() in ('.parquet', '.pq') else 'csv')
     try: mapping = dict(c.split('=', 1) for c in columns)
     except ValueError: raise click.ClickException("--column takes FILE=OURS, e.g. --column timestamp=ts") from None
-    ing = Ingestor(deadletters=DeadLetters.from_settings(s, flush_every=0))
+    ing = Ingestor(deadletters=DeadLetters.from_settings(s, flush_every=0), limits=Limits.from_settings(s.ingest))
     digest = hashlib.sha1(path.read_bytes()[:1 << 20] + str(path.stat().st_size).encode()).hexdigest()[:12]
     acc = rej = 0
     with tqdm(unit=' rows', unit_scale=True, desc=f"import {path.name}", disable=None) as bar:
-        for i, df in enumerate(_chunks(path, fmt, rows)):
+        for i, df in enumerate(_chunks(path, fmt, rows, mapping)):
             df = df.rename(columns=mapping)
             if device is not None: df['device_id'] = device
             if sensor is not None and 'sensor' not in df: df = df.rename(columns={'value': sensor})

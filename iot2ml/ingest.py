@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 import numpy as np, orjson, pandas as pd, pyarrow as pa
 
-from .schema import RecordError, LONG_SCHEMA, RAW_SCHEMA, TS_TYPE, check as check_schema
+from .schema import Limits, RecordError, LONG_SCHEMA, RAW_SCHEMA, TS_TYPE, check as check_schema
 from .parse import Parsed, check_parsed
 from fastcore.basics import patch
 
@@ -322,15 +322,19 @@ def _apply(fn:Callable, name:str, df:pd.DataFrame) -> tuple[pd.DataFrame, list[R
 class Ingestor:
     "Validate, authorise, transform and route parsed readings."
     def __init__(self, routes:list[Route]|None=None, default_to:list[str]=('lake', 'latest'),
-                 deadletters:DeadLetters|None=None, device_types:dict|Callable[[], dict]|None=None):
+                 deadletters:DeadLetters|None=None, device_types:dict|Callable[[], dict]|None=None,
+                 limits:Limits|None=None,                     # caps on names and record width (default: `Limits()`)
+                 sensor_cap:Callable[[pa.Table, np.ndarray], tuple[np.ndarray, dict]|None]|None=None):   # see `_capped`
         self.routes, self.default_to, self.deadletters = list(routes or []), list(default_to), deadletters
+        self.limits, self.sensor_cap = limits or Limits(), sensor_cap
         self._types = device_types or {}
         self._fns = {t: load_function(t) for r in self.routes for t in r.transforms}   # fail at start, not per request
 
     def process(self, parsed:Parsed, source:str='http', topic:str|list[str]='http', forbidden:Callable[[str], str|None]|None=None,
                 records:list|Callable|None=None, now=None, arrival=None, assume_tz:str|None=None) -> tuple[dict[str, pa.Table], Outcome]:
         "Per destination, the readings to send (raw schema); and the outcome. `topic`: one, or one per record. Rejections are dead-lettered."
-        table, rec, errors = check_parsed(parsed, now=now, assume_tz=assume_tz)
+        table, rec, errors = check_parsed(parsed, now=now, assume_tz=assume_tz, limits=self.limits)
+        if self.sensor_cap is not None and table.num_rows: errors += self._capped(table, rec, forbidden)
         if not self.routes and (forbidden is None or all(forbidden(d) is None for d in table.column('device_id').unique().to_pylist())):
             return self._direct(parsed, table, rec, errors, records, source, arrival)   # nothing to route: no pandas
         df = table.to_pandas(); df['record'] = rec
@@ -382,3 +386,18 @@ def _to_raw(df:pd.DataFrame, bad:set, arrival:pd.Timestamp) -> pa.Table:
         if c not in df: df[c] = None if c == 'unit' else 0
     df['quality'] = df['quality'].fillna(0).astype('uint8')
     return pa.Table.from_pandas(df[list(RAW_SCHEMA.names)], schema=RAW_SCHEMA, preserve_index=False)
+
+# %% ../nbs/13_ingest.ipynb #c4a9e1d1
+@patch
+def _capped(self:Ingestor, table:pa.Table, rec:np.ndarray, forbidden:Callable[[str], str|None]|None) -> list[RecordError]:
+    "An error for each record with a reading of a sensor its device may not add (`sensor_cap`)."
+    if forbidden is not None:
+        no = [d for d in table.column('device_id').unique().to_pylist() if forbidden(d) is not None]
+        if no:
+            keep = ~np.isin(table.column('device_id').to_numpy(zero_copy_only=False), no)
+            table, rec = table.filter(pa.array(keep)), rec[keep]
+    over = self.sensor_cap(table, rec) if table.num_rows else None
+    if over is None: return []
+    mask, why = over; first = {}
+    for r, d in zip(rec[mask].tolist(), table.column('device_id').filter(pa.array(mask)).to_pylist()): first.setdefault(r, d)
+    return [RecordError(r, 'sensor', why[d]) for r, d in first.items()]

@@ -51,12 +51,12 @@ from __future__ import annotations
 import collections, json, logging, re, select, socket, struct, threading, time
 from itertools import repeat
 
-import numpy as np, orjson, pandas as pd, pyarrow as pa
+import numpy as np, orjson, pandas as pd, pyarrow as pa, pyarrow.compute as pc
 
 from .ingest import Outcome, _apply
 from .lake import _as_raw
 from .parse import check_parsed, from_records
-from .schema import ID_RE, LONG_SCHEMA, MAX_AHEAD, MIN_TS, RecordError, TS_TYPE, _epoch_to_us
+from .schema import ID_CHARS, LONG_SCHEMA, MAX_AHEAD, MIN_TS, RecordError, TS_TYPE, _epoch_to_us
 from .service import Service
 from .spool import SpoolFull
 
@@ -125,7 +125,7 @@ def _reason(code:int, props:dict|None=None) -> str:
     return r + (f" ({props[0x1F]})" if props and 0x1F in props else '')
 
 # ---------------------------------------------------------------------------------------------- the fast path
-_ID = re.compile(ID_RE)
+_ID = re.compile(ID_CHARS)   # and at most `Limits.max_id_length` long
 _DUP_RE = re.compile(r'duplicates record (\d+)')
 _META = {'device_id', 'ts', 'unit', 'quality'}
 _MIN_US = MIN_TS.value // 1000
@@ -541,7 +541,8 @@ class MqttIngester:
             topic = tb.decode('utf-8', 'replace'); parts = topic.split('/')
             dev = parts[1] if len(parts) == 3 and parts[0] == 'iot2ml' and parts[2] == 'telemetry' else None
             if len(self._topics) > 200_000: self._topics.clear()
-            t = self._topics[tb] = (topic, dev, dev is not None and _ID.fullmatch(dev) is not None)
+            ok = dev is not None and len(dev) <= self.svc.ingestor.limits.max_id_length and _ID.fullmatch(dev) is not None
+            t = self._topics[tb] = (topic, dev, ok)
         return t
 
     def _prepare(self, msgs:list, gen:int) -> _Batch:
@@ -573,6 +574,7 @@ class MqttIngester:
             errors.update(lake_errors)
             if t.num_rows: parts.append(t)
         table = (parts[0] if len(parts) == 1 else pa.concat_tables(parts)) if parts else LONG_SCHEMA.empty_table()
+        if table.num_rows: table = self._sensor_cap(table, errors)
         raw = _as_raw(table, now)
         tables = self._route(raw, topics, errors, recs, items, owner) if self.svc.ingestor.routes else {d: raw for d in self.svc.ingestor.default_to}
         if errors: self._deadletter(errors, msgs, None, topics, items, recs, owner)
@@ -582,6 +584,15 @@ class MqttIngester:
         self.messages += n; self.rejected_messages += len(errors)
         return _Batch(tables, out, [m[0] for m in msgs if m[0] >= 0], gen, n, sum(len(m[2]) for m in msgs))
 
+    def _sensor_cap(self, table:pa.Table, errors:dict) -> pa.Table:
+        "`table` without the readings that would give a device more sensors than the service allows; those are dead-lettered per device."
+        over = self.svc.sensor_cap(table)
+        if over is None: return table
+        mask, why = over
+        for k, (d, sn, ts) in enumerate(zip(*(table.column(c).filter(pa.array(mask)).to_pylist() for c in ('device_id', 'sensor', 'ts')))):
+            errors.setdefault(('sensors', d), []).append(RecordError(k, 'sensor', f"{why[d]} (reading {sn} at {ts.isoformat()})"))
+        return table.filter(pa.array(~mask))
+
     @staticmethod
     def _records(obj) -> list:
         if isinstance(obj, dict): return obj['readings'] if isinstance(obj.get('readings'), list) else [obj]
@@ -589,6 +600,7 @@ class MqttIngester:
 
     def _fast(self, recs:list, owner:list, topics:list, slow:set, now_us:int) -> pa.Table|None:
         "The readings of the messages whose every record passes the column checks; the other messages go into `slow`."
+        lim = self.svc.ingestor.limits; L = lim.max_id_length
         if set(map(type, recs)) != {dict}:   # a record that is not an object: its message takes the exact path
             slow.update(o for r, o in zip(recs, owner) if type(r) is not dict)
             keep = [k for k, r in enumerate(recs) if type(r) is dict]
@@ -609,7 +621,7 @@ class MqttIngester:
                 if 'sensor' in r or 'value' in r: keys = ((r.get('sensor'), r.get('value')),)
                 else:
                     keys = [(k, v) for k, v in r.items() if k not in _META]
-                    if not keys: slow.add(o); continue
+                    if not keys or len(keys) > lim.max_sensors_per_record: slow.add(o); continue
                 t, u, q = r.get('ts'), r.get('unit'), r.get('quality')
                 for sn, v in keys:
                     rowner.append(o); rdev.append(d); sensor.append(sn); value.append(v); ts.append(t); unit.append(u); quality.append(q)
@@ -625,7 +637,7 @@ class MqttIngester:
         except TypeError: sensors_ok = False   # an unhashable value
         if not sensors_ok:
             for sn in set(x for x in sensor if type(x) is str and x not in known):
-                if _ID.fullmatch(sn) and len(known) < 100_000: known.add(sn)
+                if len(sn) <= L and _ID.fullmatch(sn) and len(known) < 100_000: known.add(sn)
             flag(sensor, lambda x: type(x) is str and x in known)
         if not set(map(type, value)) <= _NUMT: flag(value, lambda v: type(v) in _NUMT)
         vals = _floats([v if type(v) in _NUMT else 0.0 for v in value] if bad.any() else value)
@@ -647,6 +659,8 @@ class MqttIngester:
         bad |= (us < _MIN_US) | (us > now_us + _AHEAD_US)
         unit_ok = set(map(type, unit)) <= _UNITT
         if not unit_ok: flag(unit, lambda u: type(u) in _UNITT)
+        units = pa.array(unit if unit_ok else [u if type(u) is str else None for u in unit], pa.string())
+        if units.null_count < m: bad |= pc.fill_null(pc.greater(pc.utf8_length(units), L), False).to_numpy(zero_copy_only=False)
         qt = set(map(type, quality))
         if qt == _NONET: q = np.zeros(m, 'uint8')
         else:
@@ -671,7 +685,7 @@ class MqttIngester:
         if keep is not None and not keep.any(): return None
         devs = pa.array([t[1] for t in topics], pa.string()).take(pa.array(ow)) if rdev is tdev else pa.array(rdev, pa.string())
         t = pa.table({'device_id': devs, 'ts': pa.array(us, pa.int64()).cast(pa.timestamp('us')).cast(TS_TYPE),
-                      'sensor': sens, 'value': pa.array(vals, pa.float64()), 'unit': pa.array(unit if unit_ok else [u if type(u) is str else None for u in unit], pa.string()),
+                      'sensor': sens, 'value': pa.array(vals, pa.float64()), 'unit': units,
                       'quality': pa.array(q, pa.uint8())}, schema=LONG_SCHEMA)
         return t if keep is None or keep.all() else t.filter(pa.array(keep))
 
@@ -708,7 +722,7 @@ class MqttIngester:
                     mism[j] = f"published on {topics[o][0]} but claims device {r.get('device_id')!r}; publish on iot2ml/<its device_id>/telemetry"
         parsed = from_records(rr)
         if mism: parsed.frame = parsed.frame[~parsed.frame['record'].isin(list(mism))]
-        table, rec, errs = check_parsed(parsed, now=now)
+        table, rec, errs = check_parsed(parsed, now=now, limits=self.svc.ingestor.limits)
         errs += [RecordError(j, 'device_id', msg) for j, msg in mism.items()]
         dup = lambda e: _DUP_RE.search(e.message) if 'duplicates record' in e.message else None
         again = set() if alone else {rown[e.index] for e in errs if (m := dup(e)) and rown[int(m[1])] != rown[e.index]}

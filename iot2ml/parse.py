@@ -9,11 +9,11 @@ from __future__ import annotations
 import io, json, operator, re, time
 import numpy as np, orjson, pandas as pd, pyarrow as pa, pyarrow.compute as pc, pyarrow.csv as pacsv
 
-from .schema import REQUIRED, RecordError, Validated, validate, LONG_SCHEMA, TS_TYPE, MIN_TS, MAX_AHEAD, ID_RE, _epoch_to_us
+from .schema import REQUIRED, RecordError, Validated, validate, LONG_SCHEMA, TS_TYPE, MIN_TS, MAX_AHEAD, ID_CHARS, Limits, _epoch_to_us, _show
 
 # %% auto #0
-__all__ = ['META', 'COLUMNS', 'CONTENT_TYPES', 'ParseError', 'Parsed', 'from_records', 'parse_json', 'parse_ndjson', 'parse_csv',
-           'from_frame', 'parse_body', 'fast_check', 'check_parsed']
+__all__ = ['META', 'COLUMNS', 'CONTENT_TYPES', 'ParseError', 'Parsed', 'from_records', 'parse_json', 'parse_ndjson',
+           'csv_options', 'parse_csv', 'from_frame', 'parse_body', 'fast_check', 'check_parsed']
 
 # %% ../nbs/11_parse.ipynb #edbf7582
 META = ('device_id', 'ts', 'unit', 'quality')
@@ -101,7 +101,7 @@ def _loads(body:bytes):
     try: return orjson.loads(body)
     except orjson.JSONDecodeError as e:
         try: return json.loads(body)
-        except (ValueError, UnicodeDecodeError): raise e from None
+        except (ValueError, UnicodeDecodeError, RecursionError): raise e from None   # orjson's message says what is wrong
 
 def parse_json(body:bytes) -> Parsed:
     "One reading, a list, or {'readings': [...]} as JSON."
@@ -120,19 +120,26 @@ def parse_ndjson(body:bytes) -> Parsed:
     return p
 
 # %% ../nbs/11_parse.ipynb #dce7bd09
+_TEXT_COLUMNS = ('device_id', 'sensor', 'unit', 'ts')   # read as text: ids stay ids, times are judged by `parse_ts`
+
+def csv_options(columns:dict|None=None) -> pacsv.ConvertOptions:
+    "Arrow's options for reading a CSV of readings: ids, units and times as text (`columns` maps the file's names to ours)."
+    ours = {c: c for c in _TEXT_COLUMNS} | {f: o for f, o in (columns or {}).items() if o in _TEXT_COLUMNS}
+    return pacsv.ConvertOptions(strings_can_be_null=True, column_types={f: pa.string() for f in ours})
+
 def parse_csv(data:bytes|str, columns:dict|None=None) -> Parsed:
     "CSV with a header, long (has a `sensor` column) or wide (a column per sensor); `columns` renames file columns to ours."
     if isinstance(data, bytes):
         try: data.decode('utf-8')
         except UnicodeDecodeError as e: raise ParseError(f"the CSV is not UTF-8 text ({e}); send it encoded as UTF-8") from None
-    try: t = pacsv.read_csv(io.BytesIO(data.encode() if isinstance(data, str) else data),
-                            convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+    try: t = pacsv.read_csv(io.BytesIO(data.encode() if isinstance(data, str) else data), convert_options=csv_options(columns))
     except pa.ArrowInvalid as e: raise ParseError(f"the CSV cannot be read ({e}); send a header line and comma-separated rows") from None
-    df = t.to_pandas().rename(columns=columns or {})
-    return from_frame(df)
+    return from_frame(t.to_pandas().rename(columns=columns or {}))
 
 def from_frame(df:pd.DataFrame) -> Parsed:
     "Long-form columns from a DataFrame that is long (has `sensor`) or wide (a column per sensor)."
+    if df.columns.duplicated().any():
+        raise ParseError(f"the CSV header names column {df.columns[df.columns.duplicated()][0]!r} more than once; give each column one name")
     if 'sensor' in df or 'value' in df:
         out = df.copy(); out['record'] = np.arange(len(df))
         return Parsed(out, len(df))
@@ -154,21 +161,22 @@ def parse_body(body:bytes, content_type:str|None='application/json') -> Parsed:
     return CONTENT_TYPES[ct](body)
 
 # %% ../nbs/11_parse.ipynb #1c187bd5
-_ID = re.compile(ID_RE)
+_ID = re.compile(ID_CHARS)
 _NUM, _NONE = {int, float}, type(None)
 _MIN_US = MIN_TS.value // 1000
 
-def _ids(col:list) -> tuple[pa.Array, np.ndarray]|None:
-    "All strings that are valid ids: their Arrow array and a code per distinct value (each matched once); else None."
+def _ids(col:list, max_len:int=128) -> tuple[pa.Array, np.ndarray]|None:
+    "All strings that are valid ids up to `max_len` long: their Arrow array and a code per distinct value (each matched once); else None."
+    ok = lambda x: len(x) <= max_len and _ID.fullmatch(x)
     first = col[0]
     if type(first) is str and col[-1] == first and col.count(first) == len(col):   # one value: no hashing at all
-        if not _ID.fullmatch(first): return None
+        if not ok(first): return None
         return pa.repeat(pa.scalar(first, pa.string()), len(col)), np.zeros(len(col), np.int32)
     try: a = pa.array(col, pa.string())
-    except (pa.ArrowException, ValueError): return None   # a value that is not a string
+    except (pa.ArrowException, ValueError): return None   # a value that is not a string, or text that is not valid Unicode
     if a.null_count: return None
     enc = a.dictionary_encode()   # the distinct values, by Arrow's hashing
-    if not all(_ID.fullmatch(x) for x in enc.dictionary.to_pylist()): return None
+    if not all(map(ok, enc.dictionary.to_pylist())): return None
     return a, enc.indices.to_numpy()
 
 def _values(col) -> np.ndarray|None:
@@ -198,9 +206,12 @@ def _times(col, now_ns:int) -> tuple[pa.Array, np.ndarray]|None:
     return ts, us
 
 # %% ../nbs/11_parse.ipynb #f2c52533
-def _unit(col, n:int) -> pa.Array|None:
+def _unit(col, n:int, max_len:int=128) -> pa.Array|None:
+    "The units as an Arrow array if all are strings up to `max_len` long or missing; else None."
     if col is None or set(map(type, col)) == {_NONE}: return pa.nulls(n, pa.string())
-    return pa.array(col, pa.string()) if set(map(type, col)) <= {str, _NONE} else None
+    if not set(map(type, col)) <= {str, _NONE}: return None
+    a = pa.array(col, pa.string())   # (text that is not valid Unicode raises: not clean)
+    return a if (pc.max(pc.utf8_length(a)).as_py() or 0) <= max_len else None
 
 def _quality(col, n:int) -> np.ndarray|None:
     types = set() if col is None else set(map(type, col)) - {_NONE}
@@ -216,37 +227,63 @@ def _has_duplicates(dcode:np.ndarray, scode:np.ndarray, us:np.ndarray) -> bool:
     return bool(((k[1:] == k[:-1]) & (us[1:] == us[:-1])).any())
 
 # %% ../nbs/11_parse.ipynb #673da7bb
-def fast_check(p:Parsed, now:pd.Timestamp|None=None) -> pa.Table|None:
+def fast_check(p:Parsed, now:pd.Timestamp|None=None, limits:Limits|None=None) -> pa.Table|None:
     "The readings of `p` in `LONG_SCHEMA` if all are clean, checked by columns; None if any is not or `p` has no columns."
     c = p.columns
     if c is None: return None
     now = None if now is None else pd.Timestamp(now)
     if now is not None and now.tzinfo is None: return None
     now_ns = time.time_ns() if now is None else now.value
+    L = (limits or Limits()).max_id_length
     try:
-        dev = _ids(c['device_id'])
-        sen = None if dev is None else _ids(c['sensor'])
+        dev = _ids(c['device_id'], L)
+        sen = None if dev is None else _ids(c['sensor'], L)
         val = None if sen is None else _values(c['value'])
         tms = None if val is None else _times(c['ts'], now_ns)
         if tms is None: return None
-        n = len(val); unit, q = _unit(c.get('unit'), n), _quality(c.get('quality'), n)
+        n = len(val); unit, q = _unit(c.get('unit'), n, L), _quality(c.get('quality'), n)
         if unit is None or q is None or _has_duplicates(dev[1], sen[1], tms[1]): return None
     except (ArithmeticError, ValueError, TypeError, pa.ArrowException): return None   # anything odd: the exact path explains it
     return pa.Table.from_arrays([dev[0], tms[0], sen[0], pa.array(val, pa.float64()), unit, pa.array(q, pa.uint8())], schema=LONG_SCHEMA)
 
 # %% ../nbs/11_parse.ipynb #7b44b37a
-def check_parsed(p:Parsed, now:pd.Timestamp|None=None, assume_tz:str|None=None) -> tuple[pa.Table, np.ndarray, list[RecordError]]:
-    "Validate parsed readings: the accepted readings, the record each came from, and errors that refer to the sender's records."
-    if (t := fast_check(p, now)) is not None: return t, np.arange(t.num_rows), list(p.errors)   # clean: checked by columns
-    rec = p.frame['record'].to_numpy() if len(p.frame) else np.array([], int)
-    res = validate(p.frame.drop(columns='record'), now=now, assume_tz=assume_tz) if len(p.frame) else None
-    errors = list(p.errors)
-    if res is not None:
-        wide = len(rec) != len(set(rec)); sensors = p.frame['sensor'].to_numpy()   # (not .iloc per error: 0.2 ms each)
-        for e in res.errors:
-            i = int(rec[e.index]); sensor = sensors[e.index]
-            msg = e.message if not wide or e.field == 'sensor' else f"(sensor {sensor}) {e.message}"
-            errors.append(RecordError(i, e.field, msg))
-    errors.sort(key=lambda e: e.index)
-    if res is None: return LONG_SCHEMA.empty_table(), np.array([], int), errors
-    return res.table, rec[res.accepted], errors
+def _too_wide(frame:pd.DataFrame, cap:int) -> tuple[pd.DataFrame, list[RecordError]]:
+    "The readings of records with at most `cap` sensors, and an error for each record with more."
+    rec = frame['record'].to_numpy().astype('int64')
+    counts = np.bincount(rec) if len(rec) else rec
+    over = np.flatnonzero(counts > cap)
+    if not len(over): return frame, []
+    return frame[~np.isin(rec, over)], [RecordError(int(i), 'sensor', f"has {counts[i]:,} sensors, more than ingest.max_sensors_per_record "
+                                                    f"({cap:,}); split it into records of fewer sensors or raise that setting") for i in over]
+
+def _one_per_record(errors:list[RecordError]) -> list[RecordError]:
+    "The first error of each record, saying how many more it had, in record order."
+    first, more = {}, {}
+    for e in errors:
+        if e.index in first: more[e.index] = more.get(e.index, 0) + 1
+        else: first[e.index] = e
+    return sorted((e if e.index not in more else RecordError(e.index, e.field, f"{e.message} (and {more[e.index]:,} more problem{'s' * (more[e.index] > 1)} in this record)")
+                   for e in first.values()), key=lambda e: e.index)
+
+def check_parsed(p:Parsed, now:pd.Timestamp|None=None, assume_tz:str|None=None, limits:Limits|None=None) -> tuple[pa.Table, np.ndarray, list[RecordError]]:
+    "Validate parsed readings: the accepted readings, the record each came from, and one error per rejected record (the sender's numbering)."
+    limits = limits or Limits()
+    if (t := fast_check(p, now, limits)) is not None: return t, np.arange(t.num_rows), list(p.errors)   # clean: checked by columns
+    frame, errors = p.frame, list(p.errors)
+    if not len(frame): return LONG_SCHEMA.empty_table(), np.array([], int), _one_per_record(errors)
+    if p.columns is None:   # a wide record gives a reading per sensor
+        frame, wide_errors = _too_wide(frame, limits.max_sensors_per_record); errors += wide_errors
+    rec = frame['record'].to_numpy().astype('int64')
+    res = validate(frame.drop(columns='record'), now=now, assume_tz=assume_tz, limits=limits)
+    per_record = np.bincount(rec)   # readings per record: a wide record's errors name the sensor
+    sensors = frame['sensor'].to_numpy()   # (not .iloc per error: 0.2 ms each)
+    for e in res.errors:
+        s = sensors[e.index]
+        name = s if isinstance(s, str) and len(s) <= 40 and _ID.fullmatch(s) else _show(s)
+        errors.append(RecordError(int(rec[e.index]), e.field, e.message if per_record[rec[e.index]] == 1 or e.field == 'sensor' else f"(sensor {name}) {e.message}"))
+    errors = _one_per_record(errors)
+    table, acc = res.table, rec[res.accepted]
+    if errors and len(acc):   # readings of a record that is rejected (a wide record with one bad sensor) are not accepted
+        keep = ~np.isin(acc, [e.index for e in errors])
+        if not keep.all(): table, acc = table.filter(pa.array(keep)), acc[keep]
+    return table, acc, errors

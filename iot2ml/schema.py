@@ -6,13 +6,14 @@ Docs: https://iot2ml.github.io/iot2ml/schema.html.md"""
 
 # %% ../nbs/01_schema.ipynb #971051b7
 from __future__ import annotations
-import re
+import re, reprlib
 from dataclasses import dataclass, field
-import numpy as np, pandas as pd, pyarrow as pa
+from datetime import datetime
+import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc
 
 # %% auto #0
-__all__ = ['TS_TYPE', 'KEY', 'REQUIRED', 'LONG_SCHEMA', 'RAW_SCHEMA', 'MIN_TS', 'MAX_AHEAD', 'ID_RE', 'RecordError',
-           'SchemaError', 'parse_ts', 'Validated', 'validate', 'check', 'to_wide', 'to_long']
+__all__ = ['TS_TYPE', 'KEY', 'REQUIRED', 'LONG_SCHEMA', 'RAW_SCHEMA', 'MIN_TS', 'MAX_AHEAD', 'ID_CHARS', 'ID_RE', 'Limits',
+           'RecordError', 'SchemaError', 'parse_ts', 'Validated', 'validate', 'check', 'to_wide', 'to_long']
 
 # %% ../nbs/01_schema.ipynb #f62b5300
 TS_TYPE = pa.timestamp('us', tz='UTC')
@@ -23,7 +24,20 @@ LONG_SCHEMA = pa.schema([('device_id', pa.string()), ('ts', TS_TYPE), ('sensor',
 RAW_SCHEMA = LONG_SCHEMA.append(pa.field('arrival_ts', TS_TYPE))
 MIN_TS = pd.Timestamp('2000-01-01', tz='UTC')
 MAX_AHEAD = pd.Timedelta('1D')
-ID_RE = r'[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}'
+ID_CHARS = r'[A-Za-z0-9][A-Za-z0-9._:\-]*'      # the characters of a device id or sensor name in a reading
+ID_RE = r'[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}'   # a registered device name: the same characters, at most 128
+
+# %% ../nbs/01_schema.ipynb #f2e3cca8
+@dataclass(frozen=True)
+class Limits:
+    "Caps on one record; the defaults are those of `[ingest]`, and each rejection names its setting."
+    max_id_length: int = 128             # longest device id, sensor name or unit (ingest.max_id_length)
+    max_sensors_per_record: int = 1_000  # sensors in one wide record (ingest.max_sensors_per_record)
+
+    @classmethod
+    def from_settings(cls, ingest) -> Limits:
+        "The limits of an `IngestSettings`."
+        return cls(ingest.max_id_length, ingest.max_sensors_per_record)
 
 # %% ../nbs/01_schema.ipynb #5b221552
 @dataclass(frozen=True)
@@ -42,7 +56,11 @@ class SchemaError(ValueError):
         super().__init__('; '.join(map(str, errors[:limit])) + more)
 
 # %% ../nbs/01_schema.ipynb #3392d001
-_ZONE_RE = r'(?:[zZ]|[+-]\d{2}:?\d{2}|[+-]\d{2})$'
+_ZONE_RE = r'[Tt ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$'   # a time of day, then its zone
+_DATE_RE = r'\d{4}-?\d{2}-?\d{2}\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)?'                         # a date and nothing else
+_NO_ZONE = "has no time zone, so it is ambiguous; add 'Z' for UTC or an offset such as +01:00"
+_NO_ZONE_COLUMN = "has no time zone, so it is ambiguous; store the times with their zone, or name it (iot2ml import --tz UTC)"
+_DATE_ONLY = "is a date without a time of day; send a time with a zone such as 2026-01-01T00:00:00Z"
 _EPOCH_UNITS = ((1e11, 's'), (1e14, 'ms'), (1e17, 'us'), (np.inf, 'ns'))
 
 _EPOCH_MAX = 1e19   # larger numbers are no epoch time in any unit (ns up to the year 2286)
@@ -60,40 +78,54 @@ def _epoch_to_us(x:np.ndarray) -> np.ndarray:
     return out
 
 # %% ../nbs/01_schema.ipynb #aa889f46
+def _localize(t:pd.Series, assume_tz:str|None, problem:pd.Series, no_zone:str=_NO_ZONE) -> pd.Series:
+    "Zone-less times `t` in `assume_tz` as UTC; without a zone to assume, or for a time a daylight-saving change makes ambiguous, a problem."
+    if assume_tz is None:
+        problem[t.index[t.notna()]] = no_zone
+        return pd.Series(pd.NaT, index=t.index, dtype='datetime64[us, UTC]')
+    loc = t.dt.tz_localize(assume_tz, ambiguous='NaT', nonexistent='NaT')
+    problem[loc.index[loc.isna() & t.notna()]] = f"does not name one instant in {assume_tz} (a daylight-saving change); add an offset such as +01:00"
+    return _to_us(loc.dt.tz_convert('UTC'))
+
+def _arrow_ts(values:pd.Series) -> pd.Series|None:
+    "Strings that are all ISO 8601 times with a zone, read by Arrow's cast at once (which refuses any other); else None."
+    try: ts = pc.cast(pa.array(values, pa.string(), from_pandas=True), TS_TYPE)
+    except (pa.ArrowException, ValueError, TypeError): return None
+    return None if ts.null_count else pd.Series(ts.to_pandas(), index=values.index)
+
 def parse_ts(values:pd.Series,          # timestamps as numbers, strings or datetimes
-             assume_tz:str|None=None,   # zone for strings without one; None: such strings are errors
+             assume_tz:str|None=None,   # zone for times without one; None: such times are errors
              ) -> tuple[pd.Series, pd.Series]:
     "Parse `values` to UTC microseconds; returns `(ts, problem)` where `problem` holds a message or None per row."
     n = len(values); problem = pd.Series([None]*n, index=values.index, dtype=object)
     out = pd.Series(pd.NaT, index=values.index, dtype='datetime64[us, UTC]')
-    if pd.api.types.is_datetime64_any_dtype(values):
-        v = values.dt.tz_localize(assume_tz or 'UTC') if values.dt.tz is None else values
-        return v.dt.tz_convert('UTC').astype('datetime64[us, UTC]'), problem
+    if pd.api.types.is_datetime64_any_dtype(values):   # a file's column of times: zoned, or in the zone the caller names
+        if values.dt.tz is not None: return values.dt.tz_convert('UTC').astype('datetime64[us, UTC]'), problem
+        return _localize(values, assume_tz, problem, _NO_ZONE_COLUMN), problem
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         x = values.to_numpy(dtype='float64', na_value=np.nan); ok = np.isfinite(x) & (np.abs(x) < _EPOCH_MAX)
         out[ok] = pd.to_datetime(_epoch_to_us(x[ok]), unit='us', utc=True)
         problem[~ok & values.notna().to_numpy()] = "is not a finite epoch time in range; send epoch seconds/ms/us/ns or an ISO 8601 time with a zone"
         return out, problem
+    if (fast := _arrow_ts(values)) is not None: return fast, problem   # the common case: no rule below needs a look
     s = values.astype('string')
     num = pd.to_numeric(s, errors='coerce')
     isnum = num.notna() & np.isfinite(num.astype('float64').fillna(np.nan)) & (num.astype('float64').abs() < _EPOCH_MAX)
     if isnum.any(): out[isnum] = pd.to_datetime(_epoch_to_us(num[isnum].to_numpy('float64')), unit='us', utc=True)
     st = s[~isnum & s.notna()].str.strip()
-    zoned = st.str.contains(_ZONE_RE, regex=True)
+    date = st.str.fullmatch(_DATE_RE).astype(bool)
+    problem[date.index[date]] = _DATE_ONLY
+    st = st[~date]
+    zoned = st.str.contains(_ZONE_RE, regex=True).astype(bool)
     if zoned.any():
         z = _to_us(pd.to_datetime(st[zoned], format='ISO8601', utc=True, errors='coerce'))
         out[z.index] = z; problem[z.index[z.isna()]] = "is not an ISO 8601 time; send e.g. 2026-01-01T12:00:00Z"
     naive = st[~zoned]
     if len(naive):
         t = pd.to_datetime(naive, format='ISO8601', errors='coerce')
-        bad = t.isna()
-        problem[naive.index[bad]] = "is not an ISO 8601 time; send e.g. 2026-01-01T12:00:00Z"
-        if assume_tz is None:
-            problem[naive.index[~bad]] = "has no time zone, so it is ambiguous; add 'Z' for UTC or an offset such as +01:00"
-        else:
-            loc = t[~bad].dt.tz_localize(assume_tz, ambiguous='NaT', nonexistent='NaT')
-            problem[loc.index[loc.isna()]] = f"does not name one instant in {assume_tz} (a daylight-saving change); add an offset such as +01:00"
-            out[loc.index] = _to_us(loc.dt.tz_convert('UTC'))
+        problem[naive.index[t.isna()]] = "is not an ISO 8601 time; send e.g. 2026-01-01T12:00:00Z"
+        ok = t[t.notna()]
+        if len(ok): out[ok.index] = _localize(ok, assume_tz, problem)
     out[problem.notna()] = pd.NaT
     return out, problem
 
@@ -107,14 +139,23 @@ class Validated:
     @property
     def rejected(self) -> int: return len(self.errors)
 
-def _ids_ok(s:pd.Series) -> pd.Series:
-    "Valid ids; a JSON true/false is never one, though its text ('True') would match."
-    ok = s.astype('string').str.fullmatch(ID_RE).fillna(False).astype(bool)
-    return ok & ~s.map(lambda v: isinstance(v, (bool, np.bool_))).astype(bool) if s.dtype == object or s.dtype == bool else ok
+def _ids_ok(s:pd.Series, max_len:int=128) -> pd.Series:
+    "Valid ids: text of id characters, at most `max_len` long (a JSON true/false or number is never one, though its text would match)."
+    if s.dtype != object and not pd.api.types.is_string_dtype(s.dtype): return pd.Series(False, index=s.index)   # numbers, booleans
+    t = s.astype('string'); ok = (t.str.fullmatch(ID_CHARS) & (t.str.len() <= max_len)).fillna(False).astype(bool)
+    if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) != 'string': ok &= s.map(lambda v: isinstance(v, str)).astype(bool)
+    return ok
+
+_REPR = reprlib.Repr()   # a nested value, shown shallow
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
 
 def _show(v, width=40) -> str:
-    r = repr(v) if not isinstance(v, str) else repr(v.encode('unicode_escape').decode())
-    return r if len(r) <= width else r[:width-4] + "...'"
+    "A bad input quoted for a message: escaped (so control characters and lone surrogates show), short, true/false/null as in JSON."
+    if isinstance(v, (bool, np.bool_)): return 'true' if v else 'false'
+    if v is None: return 'null'
+    if isinstance(v, datetime): v = str(v)
+    r = repr(v.encode('unicode_escape').decode()) if isinstance(v, str) else _REPR.repr(v)
+    return r if len(r) <= width else r[:width-4] + ("...'" if isinstance(v, str) else '...')
 
 # %% ../nbs/01_schema.ipynb #fddd23de
 def _flagger(reason:np.ndarray, fld:np.ndarray):
@@ -133,10 +174,12 @@ def _check_value(df:pd.DataFrame, flag) -> pd.Series:
     val = pd.to_numeric(raw, errors='coerce') if not pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw) else raw
     if pd.api.types.is_bool_dtype(raw): val = pd.Series(np.nan, index=raw.index)
     val = val.astype('float64')
-    strv = raw.astype('string').str.strip().str.lower()
-    nan_text = strv.isin(['nan', '-nan', 'inf', '+inf', '-inf', 'infinity', '-infinity'])
-    flag(val.isna() & ~nan_text & raw.notna(), 'value', lambda m: [f"{_show(v)} is not a number; send a number such as 12.5" for v in raw[m]])
-    flag(~np.isfinite(val.fillna(np.inf)), 'value', lambda m: [f"is {v}, not a finite number; send a finite number or leave the reading out" for v in np.where(nan_text[m], strv[m], val[m].astype(str))])
+    odd = (val.isna() & raw.notna()).to_numpy()         # not read as a number: NaN or inf as text, or no number at all
+    text = pd.Series(None, index=raw.index, dtype=object)
+    text[odd] = raw[odd].astype('string').str.strip().str.lower().to_numpy(object)   # (only those: a column of numbers is not made text)
+    nan_text = text.isin(['nan', '-nan', 'inf', '+inf', '-inf', 'infinity', '-infinity']).to_numpy(bool)
+    flag(odd & ~nan_text, 'value', lambda m: [f"{_show(v)} is not a number; send a number such as 12.5" for v in raw[m]])
+    flag(~np.isfinite(val.fillna(np.inf)), 'value', lambda m: [f"is {v}, not a finite number; send a finite number or leave the reading out" for v in np.where(nan_text[m], text[m], val[m].astype(str))])
     return val
 
 def _check_ts(df:pd.DataFrame, flag, now:pd.Timestamp, assume_tz:str|None) -> pd.Series:
@@ -147,6 +190,45 @@ def _check_ts(df:pd.DataFrame, flag, now:pd.Timestamp, assume_tz:str|None) -> pd
     flag((ts < MIN_TS).fillna(False).to_numpy(), 'ts', lambda m: [f"{t.isoformat()} is before 2000-01-01; check the device clock or the time unit" for t in ts[m]])
     flag((ts > now + MAX_AHEAD).fillna(False).to_numpy(), 'ts', lambda m: [f"{t.isoformat()} is more than a day in the future; check the device clock" for t in ts[m]])
     return ts
+
+# %% ../nbs/01_schema.ipynb #baf6119e
+_TEXT = {'device_id': 'the device id as a string such as "pump-0001"', 'sensor': 'the sensor name as a string such as "flow"',
+         'unit': 'the unit as a string such as "degC"'}
+_NOT = {'value': 'not a number; send a number such as 12.5', 'quality': 'not a quality flag; use 0 (good), 1 (suspect) or 2 (bad)',
+        'ts': 'not a time; send an ISO 8601 time with a zone such as 2026-01-01T12:00:00Z, or epoch seconds',
+        **{c: f'not a string; send {what}' for c, what in _TEXT.items()}}
+_KIND = {bool: 'boolean', np.bool_: 'boolean', int: 'number', float: 'number', list: 'list', dict: 'object', tuple: 'list'}
+_PLAIN = {'floating', 'integer', 'mixed-integer-float', 'decimal', 'empty'}
+
+def _utf8(v) -> bool:
+    "Whether text `v` is valid Unicode (holds no lone surrogate)."
+    try: v.encode('utf-8'); return True
+    except UnicodeEncodeError: return False
+
+def _odd(s:pd.Series, text:bool) -> pd.Series|None:
+    "Per cell, what it is if its field never holds that ('boolean', 'list', 'object', 'number' in a `text` field, 'surrogate'), else None; None if no cell is odd."
+    if s.dtype != object:
+        if pd.api.types.is_bool_dtype(s): kind = 'boolean'
+        elif text and not pd.api.types.is_string_dtype(s.dtype): kind = 'number'
+        else: return None
+        return pd.Series(np.where(s.notna(), kind, None), index=s.index, dtype=object)
+    inferred = pd.api.types.infer_dtype(s, skipna=True)
+    if inferred == 'string' and _utf8('\x00'.join(s[s.notna()])): return None
+    if inferred in _PLAIN and not text: return None
+    k = s.map(lambda v: ('surrogate' if not _utf8(v) else None) if isinstance(v, str) else _KIND.get(type(v)))
+    if not text: k = k.where(k != 'number', None)
+    return k if k.notna().any() else None
+
+def _screen(df:pd.DataFrame, flag) -> pd.DataFrame:
+    "Flag the cells `_odd` finds, each with what it is, and blank them."
+    blank = {}
+    for c in (*REQUIRED, 'unit', 'quality'):
+        if c not in df or (k := _odd(df[c], c in _TEXT)) is None: continue
+        m = k.notna().to_numpy()
+        flag(m, c, lambda m, c=c, k=k: [f"{_show(v)} is not valid Unicode text (it holds a lone surrogate); send UTF-8 text" if kind == 'surrogate'
+                                        else f"{_show(v)} is a {kind}, {_NOT[c]}" for v, kind in zip(df[c][m], k[m])])
+        blank[c] = df[c].astype(object).where(~m, None)
+    return df.assign(**blank) if blank else df
 
 # %% ../nbs/01_schema.ipynb #ecf6215f
 def _flag_duplicates(df:pd.DataFrame, ts:pd.Series, reason:np.ndarray, fld:np.ndarray) -> None:
@@ -172,24 +254,35 @@ def _canonical(df:pd.DataFrame, ts:pd.Series, val:pd.Series, q:pd.Series, ok:np.
                      'quality': pa.array(q[ok].fillna(0).to_numpy().astype('uint8'))}, schema=LONG_SCHEMA)
 
 # %% ../nbs/01_schema.ipynb #30350514
+def _check_ids(df:pd.DataFrame, flag, max_len:int) -> None:
+    "Flag device ids, sensor names and units longer than `max_len`, and ids of other characters than `ID_CHARS` (each distinct value looked at once)."
+    for c, what in (('device_id', 'device id'), ('sensor', 'sensor name'), ('unit', 'unit')):
+        if c not in df: continue
+        codes, uniq = pd.factorize(df[c])   # a missing one has code -1, the last entry below
+        n = np.append(pd.Series(uniq, dtype=object).str.len().to_numpy('float64'), 0)[codes]
+        flag(n > max_len, c, lambda m, n=n, what=what: [
+            f"is not a valid {what}: it is {k:,.0f} characters long, more than ingest.max_id_length ({max_len}); shorten it or raise that setting" for k in n[m]])
+        if c != 'unit': flag(np.append(~_ids_ok(pd.Series(uniq, dtype=object), max_len).to_numpy(bool), True)[codes], c, lambda m, c=c, what=what: [
+            f"{_show(v)} is not a valid {what}; use 1-{max_len} letters, digits, '.', '_', ':' or '-', starting with a letter or digit" for v in df[c][m]])
+
 def validate(df:pd.DataFrame,                 # a batch of readings in long form
              now:pd.Timestamp|None=None,      # the present, for the "more than a day ahead" check
              assume_tz:str|None=None,         # zone for timestamps without one (None: reject them)
+             limits:Limits|None=None,         # caps on names (default: `Limits()`)
              ) -> Validated:
     "Check a batch of long-form readings; keep the good ones, explain each bad one."
-    n = len(df); df = df.reset_index(drop=True)
+    n = len(df); df = df.reset_index(drop=True); limits = limits or Limits()
     now = pd.Timestamp.now(tz='UTC') if now is None else pd.Timestamp(now)
     reason = np.full(n, None, dtype=object); fld = np.full(n, None, dtype=object)
     flag = _flagger(reason, fld)
+    df = _screen(df, flag)
     for c in REQUIRED:
         missing = np.ones(n, bool) if c not in df else df[c].isna().to_numpy()
         if c == 'value' and c in df:  # a NaN value is reported as not finite, below; only None/NA is missing
             missing = np.zeros(n, bool) if df[c].dtype.kind == 'f' else df[c].map(lambda v: v is None or v is pd.NA).to_numpy(bool)
         flag(missing, c, f"is missing; every reading needs {', '.join(REQUIRED)}")
     df = df.assign(**{c: pd.Series([None] * n, dtype=object) for c in REQUIRED if c not in df})
-    for c, what in (('device_id', 'device id'), ('sensor', 'sensor name')):
-        if c in df: flag(~_ids_ok(df[c]).to_numpy(), c, lambda m, c=c, what=what: [
-            f"{_show(v)} is not a valid {what}; use 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit" for v in df[c][m]])
+    _check_ids(df, flag, limits.max_id_length)
     val = _check_value(df, flag)
     ts = _check_ts(df, flag, now, assume_tz)
     quality = df['quality'] if 'quality' in df else pd.Series(0, index=df.index)

@@ -11,18 +11,19 @@ hot-reloaded, with its caches; built on first use) answers /v1/predict; with `[s
 'latest' also go to 'score', whose hook marks their devices for the `Scorer`'s next pass.
 """
 from __future__ import annotations
-import concurrent.futures, json, logging, math, threading, time
+import concurrent.futures, json, logging, math, sqlite3, threading, time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd, pyarrow as pa
+import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc
 
 from .config import ScoringSettings, Settings, load_settings, private
 from .ingest import DeadLetters, Ingestor, Outcome, Route
 from .lake import Lake
 from .parse import Parsed
+from .schema import Limits
 from .spool import SpooledWriter, SpoolFull
 from .state import LatestState, StateUpdater
 
@@ -76,6 +77,13 @@ class Counters:
     rejected_bodies: int = 0     # bodies refused whole (parse error, too large, rate limit, spool full, auth)
     by_status: dict = field(default_factory=dict)
 
+def _pairs(table:pa.Table) -> list[tuple[str, str]]:
+    "The distinct (device_id, sensor) of `table`, in order of first appearance (a body of one device: two Arrow `unique`s)."
+    dev = pc.unique(table.column('device_id'))
+    if len(dev) == 1: return [(dev[0].as_py(), s) for s in pc.unique(table.column('sensor')).to_pylist()]
+    p = table.select(['device_id', 'sensor']).group_by(['device_id', 'sensor'], use_threads=False).aggregate([])
+    return list(zip(p.column('device_id').to_pylist(), p.column('sensor').to_pylist()))
+
 class Service:
     "Lake, spool writer, latest state, dead letters and ingestor, built from the settings."
     # Latest-state updates per second, on average and at once: an update has a fixed cost of several ms, and run for
@@ -92,7 +100,9 @@ class Service:
         self.deadletters = DeadLetters.from_settings(s)   # state_dir/'deadletter', with the [ingest] caps
         self.hooks = dict(hooks or {})
         routes = [Route(**r.model_dump()) for r in ing.routes]
-        self.ingestor = Ingestor(routes, ing.default_to, self.deadletters, device_types=self._device_types)
+        self._sensors: dict[str, set] = {}; self._sensors_lock = threading.Lock()   # device -> sensors seen (see sensor_cap)
+        self.ingestor = Ingestor(routes, ing.default_to, self.deadletters, device_types=self._device_types,
+                                 limits=Limits.from_settings(ing), sensor_cap=self.sensor_cap)
         wid = writer_id or ing.writer_id or 'ingest-0'   # the faces pass their own (http-<port>, mqtt-<client id>)
         self.writer = SpooledWriter(self.lake, state_dir/'spool'/wid, writer_id=wid, flush_rows=ing.flush_rows,
                                     flush_bytes=ing.flush_bytes, flush_seconds=ing.flush_seconds, max_bytes=ing.max_spool_bytes,
@@ -149,6 +159,45 @@ class Service:
 
     def _device_types(self) -> dict:
         return {d: t for d, (t, _) in self.device_info().items()}
+
+    def _known_sensors(self, devices:list[str]) -> dict[str, set]:
+        "device -> the sensors it has sent; a device not seen yet since start is read from latest state. (Under `_sensors_lock`.)"
+        todo = [d for d in devices if d not in self._sensors]
+        if todo and self.state.path.exists():
+            con = sqlite3.connect(f"file:{self.state.path}?mode=ro", uri=True, timeout=30)
+            try:
+                for d in todo: self._sensors[d] = set()
+                for i in range(0, len(todo), 500):
+                    part = todo[i:i + 500]
+                    q = f"SELECT device_id, sensor FROM latest WHERE device_id IN ({','.join('?' * len(part))})"
+                    for d, s in con.execute(q, part): self._sensors[d].add(s)
+            finally: con.close()
+        for d in todo: self._sensors.setdefault(d, set())
+        return self._sensors
+
+    def sensor_cap(self, table:pa.Table, groups:np.ndarray|None=None) -> tuple[np.ndarray, dict[str, str]]|None:
+        """The readings of `table` that would give their device more distinct sensors than `ingest.max_sensors_per_device`
+        (with `groups`, such as record numbers, every reading of such a reading's group) as a mask, and the reason per
+        device; None if all fit. The new sensors of the readings that fit are remembered from then on."""
+        cap = self.settings.ingest.max_sensors_per_device
+        with self._sensors_lock:
+            p = _pairs(table)
+            known = self._known_sensors(list(dict.fromkeys(d for d, _ in p)))
+            new: dict[str, list] = {}
+            for d, s in p:
+                if s not in known[d]: new.setdefault(d, []).append(s)
+            over = {d: ss[max(cap - len(known[d]), 0):] for d, ss in new.items() if len(known[d]) + len(ss) > cap}
+            if not over:
+                for d, ss in new.items(): known[d].update(ss)
+                return None
+            dev, sen = table.column('device_id'), table.column('sensor')
+            mask = np.zeros(table.num_rows, bool)
+            for d, ss in over.items(): mask |= pc.and_(pc.equal(dev, d), pc.is_in(sen, value_set=pa.array(ss))).to_numpy(zero_copy_only=False)
+            if groups is not None: mask = np.isin(groups, np.unique(groups[mask]))
+            for d, s in _pairs(table.filter(pa.array(~mask))): known[d].add(s)
+        why = {d: f"device {d} has {cap:,} distinct sensors, as many as ingest.max_sensors_per_device allows; "
+                  "send readings of its known sensors or raise that setting" for d in over}
+        return mask, why
 
     def start(self) -> 'Service':
         "Replay the spool into the lake and start the writer (and the scorer, if scoring is enabled)."

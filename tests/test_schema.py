@@ -95,4 +95,96 @@ def test_wide_json_null_sensor_is_not_read_and_bool_ids_are_refused():
     assert errs == [] and t.column('sensor').to_pylist() == ['power'] and rec.tolist() == [0]
     p = parse_body(json.dumps({'device_id': False, 'ts': '2026-01-01T00:00:00Z', 'power': 1.0}).encode(), 'application/json')
     t, rec, errs = check_parsed(p, now=now)
-    assert t.num_rows == 0 and len(errs) == 1 and errs[0].field == 'device_id' and 'not a valid device id' in errs[0].message
+    assert t.num_rows == 0 and len(errs) == 1 and errs[0].field == 'device_id' and errs[0].message.startswith('false is a boolean, not a string')
+
+# -- hostile and careless input (issue 8: defects 4, 5, 8, 9), at the parser: a record error or a whole-body ParseError, never a crash
+import json
+from iot2ml.parse import parse_body, check_parsed, ParseError
+from iot2ml.schema import Limits
+
+NOW6 = pd.Timestamp('2026-11-05', tz='UTC')
+GOOD = dict(device_id='pump-0001', ts='2026-11-04T00:00:00Z', sensor='flow', value=1.5)
+
+def parsed(body, ct='application/json', **kw):
+    "check_parsed of a body: (accepted readings as dicts, accepted record numbers, errors as {record: (field, message)})."
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    t, rec, errs = check_parsed(parse_body(raw, ct), now=NOW6, **kw)
+    out = {e.index: (e.field, e.message) for e in errs}
+    assert len(out) == len(errs), errs   # one error per rejected record
+    return t.to_pylist(), rec.tolist(), out
+
+@pytest.mark.parametrize('field', ['device_id', 'sensor', 'ts', 'value', 'unit'])
+def test_a_lone_surrogate_is_a_record_error_naming_the_field(field):
+    bad = GOOD | {'ts': '2026-11-04T00:00:01Z', field: '\ud800'}
+    rows, rec, errs = parsed([GOOD, bad])
+    assert rec == [0] and rows[0]['value'] == 1.5
+    assert errs == {1: (field, "'\\\\ud800' is not valid Unicode text (it holds a lone surrogate); send UTF-8 text")}
+
+def test_a_lone_surrogate_as_a_wide_key_is_a_record_error():
+    wide = {'device_id': 'pump-0001', 'ts': '2026-11-04T00:00:01Z', 'power': 2.0, '\ud800': 3.0}
+    rows, rec, errs = parsed([GOOD, wide])
+    assert rec == [0] and [r['sensor'] for r in rows] == ['flow']       # the wide record is rejected whole, once
+    assert list(errs) == [1] and errs[1][0] == 'sensor' and 'not valid Unicode text' in errs[1][1]
+
+def test_deep_nesting_is_refused_cleanly():
+    with pytest.raises(ParseError, match='depth limit exceeded'): parse_body(b'[' * 5000 + b']' * 5000, 'application/json')
+    with pytest.raises(ParseError, match='depth limit exceeded'): parse_body(b'[' * 5000 + b'NaN' + b']' * 5000, 'application/json')
+    ndjson = (json.dumps(GOOD) + '\n' + '[' * 5000 + ']' * 5000 + '\n').encode()
+    rows, rec, errs = parsed(ndjson, 'application/x-ndjson')
+    assert rec == [0] and errs[1][0] == '-' and 'depth limit exceeded' in errs[1][1]
+    deep = GOOD | {'ts': '2026-11-04T00:00:01Z', 'value': json.loads('[' * 900 + ']' * 900)}   # deep, but JSON that parses
+    rows, rec, errs = parsed([GOOD, deep])
+    assert rec == [0] and errs[1][0] == 'value' and errs[1][1].endswith('is a list, not a number; send a number such as 12.5')
+
+def test_csv_with_a_repeated_column_is_refused():
+    with pytest.raises(ParseError, match="the CSV header names column 'device_id' more than once; give each column one name"):
+        parse_body(b'device_id,device_id,ts,sensor,value\np1,p1,2026-11-04T00:00:00Z,flow,1\n', 'text/csv')
+
+def test_csv_ids_stay_strings():
+    rows, rec, errs = parsed(b'device_id,ts,sensor,value,unit\n007,2026-11-04T00:00:00Z,01,1,1e5\n1e5,2026-11-04T00:00:00Z,2,3,\n', 'text/csv')
+    assert errs == {} and [(r['device_id'], r['sensor'], r['unit']) for r in rows] == [('007', '01', '1e5'), ('1e5', '2', None)]
+    rows, rec, errs = parsed(b'device_id,ts,01,1e5\n007,2026-11-04T00:00:00Z,1.5,2\n', 'text/csv')   # wide: sensors are headers
+    assert errs == {} and [(r['device_id'], r['sensor'], r['value']) for r in rows] == [('007', '01', 1.5), ('007', '1e5', 2.0)]
+
+NO_ZONE = "has no time zone, so it is ambiguous; add 'Z' for UTC or an offset such as +01:00"
+DATE_ONLY = "is a date without a time of day; send a time with a zone such as 2026-01-01T00:00:00Z"
+
+def test_one_time_zone_rule_for_csv_and_json():
+    csv = b'device_id,ts,sensor,value\np1,2026-11-04 00:00:06,flow,1\np1,2026-11-03,flow,2\np1,1793750400,flow,3\np1,2026-11-04T00:00:07+01:00,flow,4\n'
+    rows, rec, errs = parsed(csv, 'text/csv')
+    assert rec == [2, 3] and errs == {0: ('ts', f"'2026-11-04 00:00:06' {NO_ZONE}"), 1: ('ts', f"'2026-11-03' {DATE_ONLY}")}
+    body = [GOOD | {'ts': t, 'value': float(i)} for i, t in enumerate(['2026-11-04 00:00:06', '2026-11-03', 1793750400, '2026-11-04T00:00:07+01:00'])]
+    assert parsed(body)[1:] == (rec, errs)
+    rows, rec, errs = parsed(csv, 'text/csv', assume_tz='Europe/Berlin')     # `iot2ml import --tz`: zone-less times, not bare dates
+    assert rec == [0, 2, 3] and errs == {1: ('ts', f"'2026-11-03' {DATE_ONLY}")} and str(rows[0]['ts']) == '2026-11-03 23:00:06+00:00'
+
+def test_booleans_are_not_readings():
+    body = [GOOD | {'ts': f'2026-11-04T00:00:0{i}Z', **kw} for i, kw in enumerate([{}, {'value': True}, {'quality': True}, {'ts': False}])]
+    rows, rec, errs = parsed(body)
+    assert rec == [0] and errs == {1: ('value', "true is a boolean, not a number; send a number such as 12.5"),
+                                   2: ('quality', "true is a boolean, not a quality flag; use 0 (good), 1 (suspect) or 2 (bad)"),
+                                   3: ('ts', "false is a boolean, not a time; send an ISO 8601 time with a zone such as 2026-01-01T12:00:00Z, or epoch seconds")}
+    rows, rec, errs = parsed(b'device_id,ts,sensor,value\np1,2026-11-04T00:00:00Z,flow,true\n', 'text/csv')
+    assert rec == [] and errs[0][0] == 'value'
+
+def test_ids_and_units_must_be_strings():
+    body = [GOOD | {'ts': f'2026-11-04T00:00:0{i}Z', **kw} for i, kw in enumerate([{}, {'device_id': 123}, {'sensor': 7}, {'unit': 5}, {'device_id': False}])]
+    rows, rec, errs = parsed(body)
+    assert rec == [0] and errs == {1: ('device_id', '123 is a number, not a string; send the device id as a string such as "pump-0001"'),
+                                   2: ('sensor', '7 is a number, not a string; send the sensor name as a string such as "flow"'),
+                                   3: ('unit', '5 is a number, not a string; send the unit as a string such as "degC"'),
+                                   4: ('device_id', 'false is a boolean, not a string; send the device id as a string such as "pump-0001"')}
+
+def test_caps_on_sensors_per_record_and_id_length():
+    wide = {'device_id': 'pump-0001', 'ts': '2026-11-04T00:00:01Z', **{f's{i}': 1.0 for i in range(1001)}}
+    rows, rec, errs = parsed([GOOD, wide])
+    assert rec == [0] and errs == {1: ('sensor', "has 1,001 sensors, more than ingest.max_sensors_per_record (1,000); "
+                                                 "split it into records of fewer sensors or raise that setting")}
+    assert parsed([wide], limits=Limits(max_sensors_per_record=2000))[2] == {}
+    for field, what in (('device_id', 'device id'), ('sensor', 'sensor name'), ('unit', 'unit')):
+        for body in ([GOOD | {field: 'a' * 129}], [GOOD | {field: 'a' * 129}, GOOD | {'ts': '2026-11-04T00:00:01Z', 'value': 'x'}]):   # fast and exact path
+            rows, rec, errs = parsed(body)
+            assert rec == [] and errs[0] == (field, f"is not a valid {what}: it is 129 characters long, more than ingest.max_id_length (128); "
+                                                    "shorten it or raise that setting")
+        assert parsed([GOOD | {field: 'a' * 129}], limits=Limits(max_id_length=200))[1] == [0]
+        assert parsed([GOOD | {field: 'a' * 20}], limits=Limits(max_id_length=16))[2][0][1].endswith('it is 20 characters long, more than ingest.max_id_length (16); shorten it or raise that setting')
