@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from fastcore.basics import patch
-from .config import Settings, load_settings
+from .config import Settings, load_settings, private
 from .schema import ID_RE
 
 # %% auto #0
@@ -108,7 +108,8 @@ class Registry:
         self._local, self._cache = threading.local(), {}
         if not self.path.exists():
             if not create: raise RegistryError(f"no device registry at {self.path}; register a device first (iot2ml devices add ID) or pass --registry")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True); self.path.touch(mode=0o600)   # token hashes: the owner's alone (SQLite gives -wal/-shm the same mode)
+        if self.path.is_file(): private(self.path, 0o600)
         try: self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e: raise RegistryError(f"cannot use {self.path} as the device registry ({e}); check --registry") from None
 
