@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 PUMPS ?= 50
 DAYS ?= 30
 
-.PHONY: install demo test nbs-check nbdev-test pytest bench lab clean help
+.PHONY: install demo test test-fast nbs-check nbdev-test pytest bench lab clean help
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
@@ -29,7 +29,11 @@ install: $(STAMP)  ## create .venv with the locked versions
 demo: install  ## simulate a fleet, land it in the lake, dvc repro, print metrics and the report path
 	$(BIN)/iot2ml demo --pumps $(PUMPS) --days $(DAYS)
 
-test: install nbs-check nbdev-test pytest  ## every test: notebooks in sync, nbdev-test, pytest
+test: install nbs-check nbdev-test pytest  ## every test: notebooks in sync, nbdev-test, pytest (prints the slowest tests)
+
+test-fast: install nbs-check  ## the fast tier (under 5 min on 2 cores): notebooks in sync and every pytest not marked slow
+	bash scripts/ensure-mosquitto.sh
+	$(BIN)/pytest -q -m "not slow" --durations=10
 
 nbs-check: install  ## fail if nbdev-export or nbdev-clean would change anything
 	bash scripts/check-nbs-sync.sh
@@ -39,7 +43,7 @@ nbdev-test: install  ## run every notebook (library and workflow) as a test
 
 pytest: install  ## the pytest suite (installs Debian's mosquitto first when root; the tests start their own broker)
 	bash scripts/ensure-mosquitto.sh
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 bench: install  ## all benchmarks; figures go to BENCHMARKS.md by hand
 	for b in bench/bench_*.py; do $(BIN)/python $$b; done
