@@ -22,8 +22,9 @@ sets (`Principal.may_write`).
     GET  /healthz                 anyone, no token     status, uptime, spool depth
 
 Slow and vanishing clients: a body that takes longer than `[ingest] read_timeout` seconds gets 408 and the connection is
-closed; a client that closes mid-body costs one warning line. (uvicorn itself closes kept-alive connections that stay
-idle `timeout_keep_alive`, 5 s, after a response.)
+closed; a client that closes mid-body costs one warning line; a client that connects and does not finish its request
+line and headers within `read_timeout` (slowloris) is disconnected (`header_timeout_protocol`, which `iot2ml serve` gives
+uvicorn). uvicorn itself closes kept-alive connections that stay idle `timeout_keep_alive`, 5 s, after a response.
 """
 from __future__ import annotations
 import asyncio, gc, logging, time
@@ -94,6 +95,34 @@ def _tune_gc() -> None:
 
 def _error(status:int, message:str, headers:dict|None=None) -> JSONResponse:
     return JSONResponse({'error': message}, status_code=status, headers=headers)
+
+def header_timeout_protocol(seconds:float):
+    """uvicorn's HTTP protocol (httptools) with a deadline on the request line and headers: a connection that sends
+    nothing, or its headers slower than `seconds`, is closed, so idle sockets cannot pile up. Pass it as
+    `uvicorn.run(app, http=header_timeout_protocol(30))`. The body has its own deadline (`_read_body`)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _deadline = None
+        def _arm(self):
+            self._disarm(); self._deadline = self.loop.call_later(seconds, self._expired)
+        def _disarm(self):
+            if self._deadline is not None: self._deadline.cancel(); self._deadline = None
+        def _expired(self):
+            self._deadline = None
+            if not self.transport.is_closing():
+                log.info("closed a connection from %s that sent no complete request headers within %g s ([ingest] read_timeout)",
+                         '%s:%d' % self.client if self.client else 'a client', seconds)
+                self.transport.close()
+        def connection_made(self, transport):
+            super().connection_made(transport); self._arm()
+        def on_message_begin(self):          # a request starts (the first, or the next on a kept-alive connection)
+            super().on_message_begin(); self._arm()
+        def on_headers_complete(self):
+            self._disarm(); super().on_headers_complete()
+        def connection_lost(self, exc):
+            self._disarm(); super().connection_lost(exc)
+    return HeaderTimeoutProtocol
 
 def create_app(settings:Settings|None=None, service:Service|None=None, writer_id:str|None=None) -> FastAPI:
     "The FastAPI app; `service` is built from `settings` and `writer_id` (and started/stopped with the app) unless given."

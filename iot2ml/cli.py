@@ -302,14 +302,15 @@ def serve(ctx, host, port, writer_id, log_level):
       curl -H "Authorization: Bearer $TOKEN" -d '{"device_id":"pump-0001","ts":"2026-01-01T00:00:00Z","sensor":"flow","value":12.5}' localhost:8000/v1/readings
     """
     import uvicorn
-    from iot2ml.api import create_app
+    from iot2ml.api import create_app, header_timeout_protocol
     s = _settings(ctx)
     h, p = host or s.ingest.host, s.ingest.port if port is None else port
     from iot2ml.service import configure_logging
     configure_logging(log_level)   # JSON lines on stderr, uvicorn's too
     click.echo(f"iot2ml serve on http://{h}:{p} (docs: /docs); state in {s.path('state_dir')}; Ctrl-C to stop")
     wid = writer_id or s.ingest.writer_id or f"http-{p}"   # its own spool: an MQTT ingester may run beside it
-    uvicorn.run(create_app(s, writer_id=wid), host=h, port=p, log_level=log_level, access_log=False, log_config=None)
+    uvicorn.run(create_app(s, writer_id=wid), host=h, port=p, log_level=log_level, access_log=False, log_config=None,
+                http=header_timeout_protocol(s.ingest.read_timeout))   # slow headers are cut off too
 
 # %% ../nbs/09_cli.ipynb #9d55fad0
 @cli.command('mqtt')

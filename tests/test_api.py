@@ -352,6 +352,14 @@ def test_a_stalled_body_gets_408_and_a_closed_connection(strict, chunked):
     assert got.startswith(b'HTTP/1.1 408') and b'read_timeout' in got, got[:300]
     assert post(strict, R(0)).status_code == 200                            # the server goes on
 
+@pytest.mark.parametrize('sent', [b'', b'POST /v1/readings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl'], ids=['nothing', 'half the headers'])
+def test_a_connection_stalling_before_its_headers_end_is_closed(strict, sent):
+    "Slowloris: a client that connects and never finishes its request line and headers is cut off after read_timeout."
+    sock = socket.create_connection(('127.0.0.1', strict.port), timeout=30)
+    sock.sendall(sent)
+    assert read_all(sock) == b''                                            # closed, not left open (socket.timeout)
+    assert post(strict, R(0)).status_code == 200
+
 def test_idle_keep_alive_connections_are_closed(strict):
     "uvicorn closes a kept-alive connection that sends nothing after a response (timeout_keep_alive, 5 s)."
     sock = socket.create_connection(('127.0.0.1', strict.port), timeout=30)
