@@ -8,10 +8,26 @@ Docs: https://iot2ml.github.io/iot2ml/explore.html.md"""
 from __future__ import annotations
 import numpy as np, pandas as pd
 from matplotlib.figure import Figure
-from .lake import Lake
+from pathlib import Path
+from .lake import Lake, LakeError
 
 # %% auto #0
-__all__ = ['data_quality', 'plot_coverage', 'plot_device', 'device_picker']
+__all__ = ['walkthrough_lake', 'data_quality', 'plot_coverage', 'plot_device', 'device_picker']
+
+# %% ../nbs/17_explore.ipynb #ac318c90
+def walkthrough_lake(lake_dir:Path|str|None=None, # a lake folder; None: the project's lake, or the example fleet when it is empty
+                     dataset:str='telemetry',       # the dataset the walkthrough reads
+                     ) -> tuple[Lake, str]:
+    "The lake at `lake_dir` (default: the project's) when it holds processed `dataset`, else the example fleet; and a note saying which."
+    lake = Lake(lake_dir) if lake_dir else Lake.from_settings()
+    if lake.files('processed', dataset): return lake, f"data: the lake at {lake.root} (processed {dataset})"
+    if lake_dir: raise LakeError(f"the lake at {lake.root} holds no processed {dataset!r}; point lake_dir at a lake "
+                                 f"with data, or run 'iot2ml lake process' there first")
+    from iot2ml.pipeline import example_workspace, EXAMPLE_SPEC as s
+    ws = example_workspace('prepare')
+    return (Lake(ws['lake_dir'], ws['reference_dir'], fsync=False),
+            f"data: the built-in EXAMPLE fleet ({s.pumps} pumps, {s.days} days, every {s.freq}), not your data: "
+            f"the project's lake {lake.root} holds no processed {dataset!r} (run 'make demo', or ingest and 'iot2ml lake process')")
 
 # %% ../nbs/17_explore.ipynb #68ae5c99
 def data_quality(lake:Lake, dataset:str='telemetry') -> pd.DataFrame:
@@ -46,13 +62,13 @@ def plot_coverage(dq:pd.DataFrame) -> Figure:
 _COLORS = {'failure': 'red', 'repair': 'green'}
 
 def plot_device(lake:Lake, device:str, sensors:list[str]|None=None, start=None, end=None, every:str='1 hour') -> Figure:
-    "Hourly mean (line) and min-max (band) of each of `device`'s `sensors` from `start` to `end`, with maintenance events."
+    "Mean (line) and min-max (band) of each of `device`'s `sensors` per `every` from `start` to `end`, with maintenance events."
     a = lake.aggregate('telemetry', every=every, devices=[device], sensors=sensors, start=start, end=end)
     if a.empty: raise ValueError(f"no readings of device {device!r} in that time range; pick one of the devices in the lake")
     names = sorted(a['sensor'].unique()) if sensors is None else [s for s in sensors if s in set(a['sensor'])]
     fig = Figure(figsize=(10, 1.5 * len(names) + 0.6)); axes = np.atleast_1d(fig.subplots(len(names), 1, sharex=True))
     try: log = lake.reference_table('maintenance'); log = log[log['device_id'] == device]
-    except Exception: log = pd.DataFrame(columns=['ts', 'event'])
+    except LakeError: log = pd.DataFrame(columns=['ts', 'event'])   # no maintenance log
     lo, hi = a['ts'].min(), a['ts'].max()
     for ax, s in zip(axes, names):
         d = a[a['sensor'] == s].sort_values('ts')
@@ -61,28 +77,32 @@ def plot_device(lake:Lake, device:str, sensors:list[str]|None=None, start=None, 
             t = pd.Timestamp(r.ts)
             if lo <= t <= hi: ax.axvline(t, color=_COLORS.get(r.event, 'grey'), lw=1.2, alpha=0.8)
         ax.set_ylabel(s, rotation=0, ha='right', va='center', fontsize=8)
-    axes[0].set_title(f"{device}: hourly mean and min-max; failures red, repairs green")
+    axes[0].set_title(f"{device}: mean and min-max per {every}; failures red, repairs green")
     fig.autofmt_xdate(); fig.tight_layout(); return fig
 
 # %% ../nbs/17_explore.ipynb #4f562aa0
-def device_picker(lake:Lake, dataset:str='telemetry'):
+def device_picker(lake:Lake, dataset:str='telemetry',
+                  devices:list[str]|None=None, # the devices to offer; None: every device in the lake
+                  every:str='1 hour',          # the bucket `plot_device` averages over
+                  ):
     "An ipywidgets device / sensor / day-range picker that plots the choice with `plot_device`."
     import ipywidgets as w
     from IPython.display import display
     info = lake.sql(f"SELECT list(DISTINCT device_id ORDER BY device_id) AS d, list(DISTINCT sensor ORDER BY sensor) AS s, "
-                    f"min(ts) AS lo, max(ts) AS hi FROM published.{dataset}_hourly")
-    devices, sensors = list(info['d'][0]), list(info['s'][0])
+                    f"min(ts) AS lo, max(ts) AS hi FROM processed.{dataset}")
+    sensors = list(info['s'][0]); devices = [d for d in info['d'][0] if devices is None or d in devices]
     days = list(pd.date_range(info['lo'][0].floor('D'), info['hi'][0].ceil('D'), freq='1D'))
     dev = w.Dropdown(options=devices, description='device')
     sen = w.SelectMultiple(options=sensors, value=tuple(sensors[:4]), rows=min(8, len(sensors)), description='sensors')
     rng = w.SelectionRangeSlider(options=[(d.strftime('%Y-%m-%d'), d) for d in days], index=(0, len(days) - 1),
-                                 description='days', layout=w.Layout(width='600px'))
-    out = w.Output()
+                                 description='days', readout=False, layout=w.Layout(width='600px'))
+    span, out = w.Label(layout=w.Layout(width='220px')), w.Output()   # the slider's own readout cuts two dates short
     def draw(*_):
+        span.value = f"{rng.value[0]:%Y-%m-%d} to {rng.value[1]:%Y-%m-%d}"
         out.clear_output(wait=True)
         with out:
-            try: display(plot_device(lake, dev.value, list(sen.value) or None, rng.value[0], rng.value[1]))
+            try: display(plot_device(lake, dev.value, list(sen.value) or None, rng.value[0], rng.value[1], every))
             except ValueError as e: print(e)
     for c in (dev, sen, rng): c.observe(draw, names='value')
     draw()
-    return w.VBox([w.HBox([dev, sen]), rng, out])
+    return w.VBox([w.HBox([dev, sen]), w.HBox([rng, span]), out])
