@@ -194,7 +194,9 @@ def _times(col, now_ns:int) -> tuple[pa.Array, np.ndarray]|None:
         try: a = pa.array(col, pa.string())   # raises for a value that is not a string
         except (pa.ArrowException, ValueError): return None
         if a.null_count: return None
-        try: ts = pc.cast(a, TS_TYPE)          # raises for a string without a zone or in a form Arrow does not read
+        try:
+            if len(a) > 1: pc.cast(a.slice(0, 1), TS_TYPE)   # the first alone: cheap when all are bad
+            ts = pc.cast(a, TS_TYPE)                          # raises for a string without a zone or in a form Arrow does not read
         except pa.ArrowInvalid: return None
         us = ts.view(pa.int64()).to_numpy()
     elif set(map(type, col)) <= _NUM:
@@ -278,9 +280,11 @@ def check_parsed(p:Parsed, now:pd.Timestamp|None=None, assume_tz:str|None=None, 
     per_record = np.bincount(rec)   # readings per record: a wide record's errors name the sensor
     sensors = frame['sensor'].to_numpy()   # (not .iloc per error: 0.2 ms each)
     for e in res.errors:
+        r = int(rec[e.index])
+        if per_record[r] == 1 or e.field == 'sensor': errors.append(RecordError(r, e.field, e.message)); continue
         s = sensors[e.index]
         name = s if isinstance(s, str) and len(s) <= 40 and _ID.fullmatch(s) else _show(s)
-        errors.append(RecordError(int(rec[e.index]), e.field, e.message if per_record[rec[e.index]] == 1 or e.field == 'sensor' else f"(sensor {name}) {e.message}"))
+        errors.append(RecordError(r, e.field, f"(sensor {name}) {e.message}"))
     errors = _one_per_record(errors)
     table, acc = res.table, rec[res.accepted]
     if errors and len(acc):   # readings of a record that is rejected (a wide record with one bad sensor) are not accepted

@@ -89,7 +89,10 @@ def _localize(t:pd.Series, assume_tz:str|None, problem:pd.Series, no_zone:str=_N
 
 def _arrow_ts(values:pd.Series) -> pd.Series|None:
     "Strings that are all ISO 8601 times with a zone, read by Arrow's cast at once (which refuses any other); else None."
-    try: ts = pc.cast(pa.array(values, pa.string(), from_pandas=True), TS_TYPE)
+    try:
+        a = pa.array(values, pa.string(), from_pandas=True)
+        if len(a) > 1: pc.cast(a.slice(0, 1), TS_TYPE)   # the first alone: a bad batch usually fails there, cheaply
+        ts = pc.cast(a, TS_TYPE)
     except (pa.ArrowException, ValueError, TypeError): return None
     return None if ts.null_count else pd.Series(ts.to_pandas(), index=values.index)
 
@@ -107,6 +110,12 @@ def parse_ts(values:pd.Series,          # timestamps as numbers, strings or date
         out[ok] = pd.to_datetime(_epoch_to_us(x[ok]), unit='us', utc=True)
         problem[~ok & values.notna().to_numpy()] = "is not a finite epoch time in range; send epoch seconds/ms/us/ns or an ISO 8601 time with a zone"
         return out, problem
+    if n > 64 and pd.api.types.infer_dtype(values, skipna=True) == 'string':   # each distinct string once (a flood repeats one bad time)
+        codes, uniq = pd.factorize(values.to_numpy(object))
+        if len(uniq) <= n // 2:
+            t, pr = parse_ts(pd.Series(uniq, dtype=object), assume_tz)
+            out = pd.Series(t.array.take(codes, allow_fill=True), index=values.index)   # -1 (a missing time): NaT
+            return out, pd.Series(np.where(codes >= 0, pr.to_numpy(object)[codes], None), index=values.index, dtype=object)
     if (fast := _arrow_ts(values)) is not None: return fast, problem   # the common case: no rule below needs a look
     s = values.astype('string')
     num = pd.to_numeric(s, errors='coerce')
@@ -186,7 +195,12 @@ def _check_ts(df:pd.DataFrame, flag, now:pd.Timestamp, assume_tz:str|None) -> pd
     "Flag times that do not parse, are before 2000 or more than a day after `now`; return the times in UTC."
     if 'ts' not in df: return pd.Series(pd.NaT, index=df.index, dtype='datetime64[us, UTC]')
     ts, prob = parse_ts(df['ts'], assume_tz)
-    flag(prob.notna().to_numpy(), 'ts', lambda m: [f"{_show(v)} {p}" for v, p in zip(df['ts'][m], prob[m])])
+    shown = {}   # a message per distinct (text, problem): a flood repeats one bad time
+    def says(v, p):
+        if type(v) is not str: return f"{_show(v)} {p}"
+        if (v, p) not in shown: shown[v, p] = f"{_show(v)} {p}"
+        return shown[v, p]
+    flag(prob.notna().to_numpy(), 'ts', lambda m: [says(v, p) for v, p in zip(df['ts'][m], prob[m])])
     flag((ts < MIN_TS).fillna(False).to_numpy(), 'ts', lambda m: [f"{t.isoformat()} is before 2000-01-01; check the device clock or the time unit" for t in ts[m]])
     flag((ts > now + MAX_AHEAD).fillna(False).to_numpy(), 'ts', lambda m: [f"{t.isoformat()} is more than a day in the future; check the device clock" for t in ts[m]])
     return ts
