@@ -48,8 +48,13 @@ pytest: install  ## the pytest suite (installs Debian's mosquitto first when roo
 bench: install  ## all benchmarks; figures go to BENCHMARKS.md by hand
 	for b in bench/bench_*.py; do $(BIN)/python $$b; done
 
-lab: install  ## open JupyterLab on the notebooks
-	$(BIN)/jupyter lab nbs
+# JupyterLab serves the project root (so build/notebooks/ and build/report/report.html open too) and starts on nbs/.
+# As root (a container) it needs --allow-root, and says so. Extra options go last: make lab LAB_ARGS='--no-browser --port=8890'
+LAB_ARGS ?=
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+lab: install  ## open JupyterLab at the project root on nbs/ (options: LAB_ARGS='--no-browser --port=8890')
+	@$(if $(LAB_ROOT),echo "make lab: running as root (a container?): JupyterLab is started with --allow-root")
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/nbs $(LAB_ROOT) $(LAB_ARGS)
 
 lock:  ## re-resolve requirements.lock after changing dependencies in pyproject.toml
 	$(BIN)/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
