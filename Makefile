@@ -42,7 +42,7 @@ nbdev-test: install  ## run every notebook (library and workflow) as a test
 	$(BIN)/nbdev-test --n-workers 2
 
 pytest: install  ## the pytest suite (installs Debian's mosquitto first when root; the tests start their own broker)
-	bash scripts/ensure-mosquitto.sh
+	bash scripts/ensure-mosquitto.sh && bash scripts/ensure-chromium.sh
 	$(BIN)/pytest -q --durations=25
 
 bench: install  ## all benchmarks; figures go to BENCHMARKS.md by hand
