@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numpy as np, pandas as pd
 import matplotlib
-from matplotlib.figure import Figure
+from .plots import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, precision_score, recall_score, f1_score, confusion_matrix
 
 # %% auto #0

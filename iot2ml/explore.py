@@ -7,7 +7,7 @@ Docs: https://iot2ml.github.io/iot2ml/explore.html.md"""
 # %% ../nbs/17_explore.ipynb #319658dc
 from __future__ import annotations
 import numpy as np, pandas as pd
-from matplotlib.figure import Figure
+from .plots import Figure
 from pathlib import Path
 from .lake import Lake, LakeError
 

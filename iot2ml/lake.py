@@ -276,6 +276,7 @@ Lake.compact = compact
 # %% ../nbs/03_lake.ipynb #575450d7
 def _con() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(); con.execute("SET TimeZone='UTC'")
+    con.execute("SET enable_progress_bar = false")   # no bar left in notebook outputs; a person may SET it true on a connection
     return con
 
 def _sig(files:Sequence[Path]) -> str:

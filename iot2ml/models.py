@@ -10,7 +10,7 @@ import json, re, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import joblib, numpy as np, pandas as pd
-from matplotlib.figure import Figure
+from .plots import Figure
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
@@ -235,18 +235,18 @@ def fit(self:FailureModel, df:pd.DataFrame,           # training rows of a model
     if df['label'].nunique() < 2: raise ValueError("the training rows hold no failure (or only failures); simulate a longer history or more pumps")
     ts = df.index.get_level_values('ts'); X, y = df[self.features], df['label']
     oof = self.out_of_fold(df); ok = oof['score'].notna()
-    self.oof = oof[ok].assign(risk=np.nan); note = None
+    self.oof = oof[ok].assign(risk=np.nan); note = None; chosen = 'given'
     if self.oof['label'].nunique() < 2:   # no fold trained on a failure and validated one: nothing to calibrate or count on
         note = (f"no cross-validation fold both trains on and validates a failure ({int(ok.sum())} rows scored out of fold); "
                 "calibration skipped and the alert level set to the per-row cost balance; train on a longer history or more devices")
         warnings.warn(note)
         self.calibrator, self.costs = Calibrator('none'), pd.DataFrame(columns=['threshold', 'false_alarms', 'missed', 'failures', 'cost'])
-        if self.threshold == 'auto': self.threshold = self.cost_false_alarm / (self.cost_false_alarm + self.cost_missed_failure)
+        if self.threshold == 'auto': self.threshold, chosen = self.cost_false_alarm / (self.cost_false_alarm + self.cost_missed_failure), 'per-row cost balance (fallback)'
     else:
         self.calibrator = Calibrator(self.calibration).fit(self.oof['score'], self.oof['label'])
         self.oof['risk'] = self.calibrator.predict(self.oof['score'])
         self.costs = cost_curve(self.oof['risk'], df[ok.to_numpy()], self.horizon, self.cost_false_alarm, self.cost_missed_failure)
-        if self.threshold == 'auto': self.threshold = cost_threshold(self.costs)
+        if self.threshold == 'auto': self.threshold, chosen = cost_threshold(self.costs), 'least out-of-fold cost'
     self.threshold = float(self.threshold)
     rul = rul_target(df, self.cap, known_until if known_until is not None else ts.max() + pd.Timedelta(self.horizon))
     k = rul.notna().to_numpy()
@@ -254,7 +254,8 @@ def fit(self:FailureModel, df:pd.DataFrame,           # training rows of a model
         self.classifier = self._classifier().fit(X, y)
         self.regressor = self._regressor().fit(X[k], rul[k])
     self.info = dict(rows=len(df), positives=int(y.sum()), start=str(ts.min()), end=str(ts.max()), rul_rows=int(k.sum()), oof_rows=int(ok.sum()),
-                     oof_pr_auc=float(average_precision_score(self.oof['label'], self.oof['score'])) if note is None else None, fallback=note)
+                     oof_pr_auc=float(average_precision_score(self.oof['label'], self.oof['score'])) if note is None else None,
+                     calibration_applied=self.calibrator.method, threshold_from=chosen, fallback=note)
     return self
 
 # %% ../nbs/05_models.ipynb #c2c37fdd
@@ -331,11 +332,12 @@ def importance(self:FailureModel, df:pd.DataFrame,  # the training rows `fit` wa
         for i, f in list(enumerate(time_folds(df, self.folds, self.horizon, self.groups)))[-last * self.groups:]:
             if len(np.unique(y[f.train])) < 2 or y[f.valid].sum() == 0: continue
             m = self._classifier().fit(X[f.train], y[f.train]); V = X[f.valid].to_numpy(copy=True)
-            base = average_precision_score(y[f.valid], m.predict_proba(V)[:, 1])
+            score = lambda a: average_precision_score(y[f.valid], m.predict_proba(pd.DataFrame(a, columns=X.columns))[:, 1])
+            base = score(V)    # a frame with the column names: the classifier was fitted on them
             for k, cols in keys.groupby(keys).groups.items():
                 for _ in range(repeats):
                     W = V.copy(); W[:, cols] = W[rng.permutation(len(W))][:, cols]
-                    rows.append(dict(fold=i, name=k, drop=base - average_precision_score(y[f.valid], m.predict_proba(W)[:, 1])))
+                    rows.append(dict(fold=i, name=k, drop=base - score(W)))
     if not rows: raise ValueError("no validation fold holds a failure; importance needs at least one")
     out = pd.DataFrame(rows).groupby('name')['drop'].agg(['mean', 'std']).sort_values('mean', ascending=False)
     return out.rename(columns={'mean': 'pr_auc_drop', 'std': 'spread'})

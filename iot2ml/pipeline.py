@@ -46,7 +46,7 @@ def simulate_to_lake(spec:FleetSpec, lake:Lake, progress:bool=False) -> Landing:
 
 # %% ../nbs/08_pipeline.ipynb #2e8c7bab
 STAGES = ('prepare', 'features', 'train', 'evaluate', 'report')
-EXAMPLE_SPEC = FleetSpec(pumps=8, days=14, freq='5min', seed=7, fault_rate=2.5)
+EXAMPLE_SPEC = FleetSpec(pumps=8, start='2025-12-25', days=21, freq='15min', seed=7, fault_rate=6)
 
 def example_workspace(upto:str='prepare', # stages before this one are run
                       root:Path|str|None=None) -> dict[str, Path]:
