@@ -154,7 +154,7 @@ def _model_extras(m:FailureModel, test:pd.DataFrame, pred:pd.DataFrame, known_un
     y = test['label'].to_numpy(float); raw = m.classifier.predict_proba(test[m.features])[:, 1]
     actual = rul_target(test, m.cap, known_until); pred['rul_hours'] = m.predict_rul(test); pred['rul_actual'] = actual
     err = (pred['rul_hours'] - actual).abs(); near = test['label'].to_numpy(bool)
-    return dict(brier=float(np.mean((pred['risk'] - y) ** 2)), brier_uncalibrated=float(np.mean((raw - y) ** 2)), calibration=m.calibration,
+    return dict(brier=float(np.mean((pred['risk'] - y) ** 2)), brier_uncalibrated=float(np.mean((raw - y) ** 2)), calibration=m.calibrator.method,
                 rul_mae_hours=float(err.mean()), rul_mae_hours_within_horizon=float(err[near].mean()) if near.any() else None,
                 rul_cap_hours=m.cap), raw
 
@@ -234,7 +234,8 @@ def report(prepared_dir:Path|str, model_dir:Path|str, metrics_file:Path|str, plo
         Section('Confusion matrix', ['Counted per device-interval of the test period.'], figures=[plots/'confusion.png']),
         Section('Risk against failures', ['The devices that failed in the test period, then the riskiest others.'], figures=[plots/'risk_timeline.png']),
         Section('Per device', ['Devices with a failure or a false alarm in the test period (model, then baseline).'], [dev.round(2)]),
-        Section('Calibration', [f"Risk is a {m.get('calibration', '')}-calibrated probability: on a reliable model the dots follow the diagonal. "
+        Section('Calibration', [("Risk is the classifier's uncalibrated score" if m.get('calibration') == 'none' else
+                                 f"Risk is a {m.get('calibration', '')}-calibrated probability") + ": on a reliable model the dots follow the diagonal. "
                                 f"Brier score {_fmt(m.get('brier'))} (uncalibrated {_fmt(m.get('brier_uncalibrated'))})."], figures=[plots/'reliability.png']),
         Section('Remaining useful life', [f"Hours to the next failure, capped at {_fmt(m.get('rul_cap_hours'))}; mean absolute error "
                                           f"{_fmt(m.get('rul_mae_hours'))} hours ({_fmt(m.get('rul_mae_hours_within_horizon'))} within the horizon)."], figures=[plots/'rul.png']),
