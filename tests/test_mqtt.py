@@ -76,7 +76,7 @@ class Project:
         except LakeError: return pd.DataFrame(columns=['device_id', 'ts', 'sensor', 'value', 'unit', 'quality'])
     def latest(self): return LatestState(self.root/'state'/'latest.sqlite').latest()
 
-    def probe(self, sensor='probe', writers=None, timeout=20):
+    def probe(self, sensor='probe', writers=None, timeout=60):
         """Publish probe readings until the ingester(s) stored one (by latest state), i.e. are subscribed; with `writers`,
         until each of those writer ids landed one in the lake (for ingesters sharing a subscription)."""
         c = self.device('pump-0003'); k = 0; end = time.monotonic() + timeout
