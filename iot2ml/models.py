@@ -72,7 +72,7 @@ def fold_table(df:pd.DataFrame, folds:list[Fold]) -> pd.DataFrame:
     ts = df.index.get_level_values('ts'); dev = df.index.get_level_values('device_id'); y = df['label'].to_numpy()
     n = max(f.group for f in folds) + 1
     return pd.DataFrame([dict(block=i // n, group=f.group, train_until=ts[f.train].max() if f.train.any() else pd.NaT,
-                              valid_from=f.start, valid_to=f.end, train_rows=int(f.train.sum()), train_positives=int(y[f.train].sum()),
+                              valid_from=f.start.round('s'), valid_to=f.end.round('s'), train_rows=int(f.train.sum()), train_positives=int(y[f.train].sum()),
                               valid_rows=int(f.valid.sum()), valid_positives=int(y[f.valid].sum()),
                               valid_devices=int(dev[f.valid].nunique())) for i, f in enumerate(folds)])
 
