@@ -134,3 +134,35 @@ def test_explore_runs_in_jupyterlab_with_image_figures_and_a_live_picker(lab, sm
             page.screenshot(path=SHOTS/'17_explore_page.png', full_page=True)
         finally:
             browser.close()
+
+
+def test_walkthrough_lake_prefers_the_project_lake_and_says_when_it_falls_back(small_lake, tmp_path, monkeypatch):
+    from iot2ml.explore import walkthrough_lake
+    from iot2ml.lake import LakeError
+    monkeypatch.chdir(ROOT/'nbs')                                   # where the notebooks run
+    monkeypatch.setenv('IOT2ML_DATA_DIR', str(small_lake))
+    lake, note = walkthrough_lake()
+    assert lake.root == small_lake/'lake' and note.startswith(f"data: the lake at {small_lake/'lake'}")
+    monkeypatch.setenv('IOT2ML_DATA_DIR', str(tmp_path))           # a project whose lake is empty: the example, said out loud
+    lake, note = walkthrough_lake()
+    assert lake.root != tmp_path/'lake' and 'EXAMPLE fleet' in note and str(tmp_path/'lake') in note
+    with pytest.raises(LakeError, match='holds no processed'):     # a lake asked for by name is never swapped
+        walkthrough_lake(tmp_path/'lake')
+
+
+def _outputs(nb:dict) -> list[dict]: return [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', [])]
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['14_detect', '17_explore'])
+def test_walkthrough_runs_on_the_lake_given_as_parameter(name, small_lake, tmp_path):
+    "papermill with -p lake_dir: the notebook says it reads that lake, and its figures are PNGs."
+    import papermill as pm
+    out = tmp_path/f'{name}.ipynb'
+    pm.execute_notebook(ROOT/'nbs'/f'{name}.ipynb', out, parameters={'lake_dir': str(small_lake/'lake')},
+                        cwd=ROOT/'nbs', kernel_name='python3', progress_bar=False)
+    outs = _outputs(json.loads(out.read_text()))
+    text = ''.join(''.join(o.get('text', '')) for o in outs if o['output_type'] == 'stream')
+    assert f"data: the lake at {small_lake/'lake'}" in text and 'EXAMPLE' not in text
+    assert any('image/png' in o.get('data', {}) for o in outs)
+    as_text = [o for o in outs if 'image/png' not in o.get('data', {}) and '<Figure size' in ''.join(o.get('data', {}).get('text/plain', ''))]
+    assert not as_text, "a figure is text, not an image"
