@@ -49,7 +49,7 @@ def test_metrics_and_plots_are_cached_by_dvc():
 def _porcelain(d:Path) -> str: return run('git status --porcelain', d).stdout
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)   # two small demos, a retrain and an experiment: ~7 min on 2 idle cores
+@pytest.mark.timeout(1800)   # two small demos, a retrain and an experiment: 6-10 min on 2 cores
 def test_fresh_clone_compares_with_main(tmp_path):
     main, clone = tmp_path/'main', tmp_path/'clone'
     run(['git', 'clone', '-q', str(ROOT), str(main)], tmp_path)
