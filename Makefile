@@ -33,7 +33,7 @@ test: install nbs-check nbdev-test pytest  ## every test: notebooks in sync, nbd
 
 test-fast: install nbs-check  ## the fast tier (under 5 min on 2 cores): notebooks in sync and every pytest not marked slow
 	bash scripts/ensure-mosquitto.sh
-	$(BIN)/pytest -q -m "not slow" --durations=10
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not slow" --durations=15
 
 nbs-check: install  ## fail if nbdev-export or nbdev-clean would change anything
 	bash scripts/check-nbs-sync.sh
@@ -43,7 +43,7 @@ nbdev-test: install  ## run every notebook (library and workflow) as a test
 
 pytest: install  ## the pytest suite (installs Debian's mosquitto first when root; the tests start their own broker)
 	bash scripts/ensure-mosquitto.sh && bash scripts/ensure-chromium.sh
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 
 bench: install  ## all benchmarks; figures go to BENCHMARKS.md by hand
 	for b in bench/bench_*.py; do $(BIN)/python $$b; done

@@ -33,16 +33,10 @@ def test_repro_end_to_end(tiny_project):
 
     # nothing changed: nothing reruns
     assert ran(run('dvc repro', d).stdout) == []
-    # the same data and params give the same numbers: train and evaluate again from scratch
-    run('dvc repro -f -s train && dvc repro -f -s evaluate', d)
-    again = json.loads(metrics.read_text())
-    assert (again['model'], again['baseline']) == (model, base)
-
-    # a param of one stage reruns that stage and what depends on it, nothing before it
-    p = yaml.safe_load((d/'params.yaml').read_text()); p['train']['max_iter'] = 40
-    (d/'params.yaml').write_text(yaml.safe_dump(p))
-    assert ran(run('dvc repro', d).stdout) == ['train', 'evaluate', 'report']
-    assert json.loads((d/'build/model/model.json').read_text())['params']['max_iter'] == 40
+    # (the same data and params give the same numbers, and a train param reruns train and what follows: both in
+    # test_dvc_compare.py, where a fresh clone's demo rebuilds exactly main's dvc.lock and `dvc exp run -S` reruns)
+    # a param of the last stage reruns only it
+    p = yaml.safe_load((d/'params.yaml').read_text())
     p['report']['title'] = 'Another title'; (d/'params.yaml').write_text(yaml.safe_dump(p))
     assert ran(run('dvc repro', d).stdout) == ['report']
     assert 'Another title' in (d/'build/report/report.html').read_text()
