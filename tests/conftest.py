@@ -13,6 +13,17 @@ def run(cmd, cwd, check=True, env=None, timeout=600):
         raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
     return r
 
+# -- two tiers: `make test-fast` runs what is not marked slow (the edit loop); `make test` runs everything -----------------
+# End-to-end tests are slow by what they start: a real server or ingester process, a broker, a notebook kernel, a browser,
+# a DVC pipeline. They are marked here by the fixtures they use (and by `pytest.mark.slow` in the test files).
+E2E_FIXTURES = {'server', 'fleet', 'strict', 'served', 'mqtt_broker', 'make_server', 'tiny_project', 'small_champion', 'lab'}
+E2E_FILES = {'test_live.py', 'test_state_files.py', 'test_figures.py', 'test_lab.py', 'test_make_lab.py'}
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, 'fixturenames', ())) or item.path.name in E2E_FILES:
+            item.add_marker(pytest.mark.slow)
+
 TINY_TOML = """data_dir = "data"
 [simulate]
 pumps = 8
