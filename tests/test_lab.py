@@ -158,8 +158,14 @@ def test_walkthrough_runs_on_the_lake_given_as_parameter(name, small_lake, tmp_p
     "papermill with -p lake_dir: the notebook says it reads that lake, and its figures are PNGs."
     import papermill as pm
     out = tmp_path/f'{name}.ipynb'
-    pm.execute_notebook(ROOT/'nbs'/f'{name}.ipynb', out, parameters={'lake_dir': str(small_lake/'lake')},
-                        cwd=ROOT/'nbs', kernel_name='python3', progress_bar=False)
+    run = lambda: pm.execute_notebook(ROOT/'nbs'/f'{name}.ipynb', out, parameters={'lake_dir': str(small_lake/'lake')},
+                                      cwd=ROOT/'nbs', kernel_name='python3', progress_bar=False, execution_timeout=240)
+    try: run()
+    except TimeoutError as e:
+        # Once in four full runs on 2 busy workers a cell never got its reply (the notebook takes ~30 s; the kernel's
+        # random TCP ports are a suspect). Say so, and run it once more with a new kernel: the same checks apply.
+        print(f"{name}: a cell got no reply within 240 s ({str(e)[:200]}); running the notebook once more with a new kernel")
+        run()
     outs = _outputs(json.loads(out.read_text()))
     text = ''.join(''.join(o.get('text', '')) for o in outs if o['output_type'] == 'stream')
     assert f"data: the lake at {small_lake/'lake'}" in text and 'EXAMPLE' not in text
