@@ -111,11 +111,6 @@ def _letter(stamp:str, errors:list[RecordError], records, source:str) -> tuple[b
     [index, [its reasons' numbers], record as sent] (or [index, [...], null, text] when it is kept as text); and the
     reasons and (index, reason numbers, record) for the counts."""
     if callable(records): records = records()
-    if len(errors) == 1:   # the common case (an MQTT message of one reading): one record, one reason
-        e = errors[0]; rec = records[e.index] if records is not None and 0 <= e.index < len(records) else None
-        b, text = record_json(rec)
-        head = _dumps({'received': stamp, 'source': source, 'reasons': [[e.field, e.message]]})
-        return head[:-1] + b',"rejects":[[%d,[0],%s%s]]}\n' % (e.index, b'null,' if text else b'', b), [e], [(e.index, [0], rec)]
     reasons, number, by_index = [], {}, {}
     for e in errors:
         k = number.setdefault((e.field, e.message), len(reasons))
