@@ -96,6 +96,18 @@ def _arrow_ts(values:pd.Series) -> pd.Series|None:
     except (pa.ArrowException, ValueError, TypeError): return None
     return None if ts.null_count else pd.Series(ts.to_pandas(), index=values.index)
 
+_SEEN: dict = {}   # (text, zone) -> (time, problem) of repeated time strings, for the next batch of a flood (bounded)
+
+def _parse_distinct(uniq:np.ndarray, assume_tz:str|None) -> tuple[pd.api.extensions.ExtensionArray, np.ndarray]:
+    "`parse_ts` of distinct strings `uniq` as (times, problems) arrays, each string parsed once per process while it is remembered."
+    new = [u for u in uniq if (u, assume_tz) not in _SEEN]
+    if new:
+        t, pr = parse_ts(pd.Series(new, dtype=object), assume_tz)
+        if len(_SEEN) + len(new) > 4096: _SEEN.clear()
+        _SEEN.update(((u, assume_tz), (a, b)) for u, a, b in zip(new, t.array, pr.to_numpy(object)))
+    got = [_SEEN[u, assume_tz] for u in uniq]
+    return pd.array([g[0] for g in got], dtype='datetime64[us, UTC]'), np.array([g[1] for g in got], dtype=object)
+
 def parse_ts(values:pd.Series,          # timestamps as numbers, strings or datetimes
              assume_tz:str|None=None,   # zone for times without one; None: such times are errors
              ) -> tuple[pd.Series, pd.Series]:
@@ -113,9 +125,9 @@ def parse_ts(values:pd.Series,          # timestamps as numbers, strings or date
     if n > 64 and pd.api.types.infer_dtype(values, skipna=True) == 'string':   # each distinct string once (a flood repeats one bad time)
         codes, uniq = pd.factorize(values.to_numpy(object))
         if len(uniq) <= n // 2:
-            t, pr = parse_ts(pd.Series(uniq, dtype=object), assume_tz)
-            out = pd.Series(t.array.take(codes, allow_fill=True), index=values.index)   # -1 (a missing time): NaT
-            return out, pd.Series(np.where(codes >= 0, pr.to_numpy(object)[codes], None), index=values.index, dtype=object)
+            t, pr = _parse_distinct(uniq, assume_tz)
+            out = pd.Series(t.take(codes, allow_fill=True), index=values.index)   # -1 (a missing time): NaT
+            return out, pd.Series(np.where(codes >= 0, pr[codes], None), index=values.index, dtype=object)
     if (fast := _arrow_ts(values)) is not None: return fast, problem   # the common case: no rule below needs a look
     s = values.astype('string')
     num = pd.to_numeric(s, errors='coerce')

@@ -188,3 +188,14 @@ def test_caps_on_sensors_per_record_and_id_length():
                                                     "shorten it or raise that setting")
         assert parsed([GOOD | {field: 'a' * 129}], limits=Limits(max_id_length=200))[1] == [0]
         assert parsed([GOOD | {field: 'a' * 20}], limits=Limits(max_id_length=16))[2][0][1].endswith('it is 20 characters long, more than ingest.max_id_length (16); shorten it or raise that setting')
+
+def test_repeated_time_strings_parse_the_same_in_every_batch_and_zone():
+    "A flood repeats one time string; its parse is remembered per zone, so the next batch and another zone give their own answers."
+    naive, bad = ['2026-01-01 12:00:00'] * 100, ['yesterday'] * 100
+    for _ in range(2):   # the second batch is answered from what the first one parsed
+        ts, prob = parse_ts(pd.Series(naive, dtype=object))
+        assert ts.isna().all() and prob.str.contains('time zone').all()
+        ts, prob = parse_ts(pd.Series(naive, dtype=object), assume_tz='Europe/Berlin')
+        assert (ts == pd.Timestamp('2026-01-01 11:00:00', tz='UTC')).all() and prob.isna().all()
+        ts, prob = parse_ts(pd.Series(bad + [None], dtype=object))
+        assert ts.isna().all() and prob[:100].str.contains('ISO 8601').all() and prob[100] is None
