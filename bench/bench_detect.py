@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from scipy import signal
 from sklearn.ensemble import IsolationForest
-from iot2ml.detect import make_detector
-from iot2ml.evaluate import detection_metrics, nab_score, windows_to_labels
-import iot2ml.simulate as S, iot2ml.schema as SC
+from iot2ml.ml.detect import make_detector
+from iot2ml.ml.evaluate import detection_metrics, nab_score, windows_to_labels
+import iot2ml.sim.fleet as S, iot2ml.schema as SC
 
 
 class IForestBaseline:

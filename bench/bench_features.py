@@ -6,9 +6,9 @@ Example:
 """
 import argparse, statistics, time
 import pandas as pd
-from iot2ml.pipeline import example_workspace
-from iot2ml.lake import Lake
-from iot2ml.features import FeatureSpec, online_features
+from iot2ml.ml.pipeline import example_workspace
+from iot2ml.lake.store import Lake
+from iot2ml.ml.features import FeatureSpec, online_features
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

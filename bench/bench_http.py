@@ -20,8 +20,8 @@ import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, 
 from pathlib import Path
 import orjson, pandas as pd, pyarrow as pa, pyarrow.parquet as pq
 
-from iot2ml.lake import Lake
-from iot2ml.registry import Registry
+from iot2ml.lake.store import Lake
+from iot2ml.ingest.devices import Registry
 
 BIN = Path(sys.executable).parent
 DEVICE = 'pump-0001'

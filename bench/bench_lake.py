@@ -11,9 +11,9 @@ import argparse, json, os, resource, shutil, statistics, subprocess, sys, tempfi
 from pathlib import Path
 import pyarrow as pa, pyarrow.parquet as pq
 
-from iot2ml.lake import Lake
-from iot2ml.simulate import FleetSpec, iter_batches
-from iot2ml.pipeline import simulate_to_lake
+from iot2ml.lake.store import Lake
+from iot2ml.sim.fleet import FleetSpec, iter_batches
+from iot2ml.ml.pipeline import simulate_to_lake
 
 def write_bench(runs:int, pumps:int) -> dict:
     "Lake.land (split by date, atomic, fsync, marker, catalog) vs pq.write_table of the same rows and options."
@@ -36,7 +36,7 @@ import json, resource, sys, time
 from pathlib import Path
 variant, lake_dir = sys.argv[1], sys.argv[2]
 import pandas as pd, psutil
-from iot2ml.lake import Lake
+from iot2ml.lake.store import Lake
 base_rss = psutil.Process().memory_info().rss / 2**30
 t0 = time.perf_counter()
 if variant == 'lake':
@@ -52,7 +52,7 @@ print(json.dumps(dict(seconds=dt, rows=len(out), peak_rss_gib=peak, query_gib=pe
 """
 
 def query_bench(runs:int, pumps:int, days:float) -> dict:
-    "Per-device hourly aggregates: iot2ml.lake (DuckDB) vs pandas reading the same Parquet files."
+    "Per-device hourly aggregates: iot2ml.lake.store (DuckDB) vs pandas reading the same Parquet files."
     d = Path(tempfile.mkdtemp(prefix='iot2ml-bench-q-'))
     try:
         lake = Lake(d/'lake', fsync=False)
@@ -79,7 +79,7 @@ if __name__ == '__main__':
     print(f"lake write: {w['rows']:,} readings; Lake.land {w['lake_readings_per_s']:,.0f} readings/s vs bare pq.write_table "
           f"{w['bare_write_table_readings_per_s']:,.0f} readings/s = {w['ratio']:.0%} of the ceiling (median of {a.runs})")
     q = query_bench(a.runs, a.pumps, a.days)
-    print(f"hourly aggregates over {q['readings']:,} readings: iot2ml.lake {q['lake']['seconds']:.2f} s (peak RSS {q['lake']['peak_rss_gib']:.2f} GiB, "
+    print(f"hourly aggregates over {q['readings']:,} readings: iot2ml.lake.store {q['lake']['seconds']:.2f} s (peak RSS {q['lake']['peak_rss_gib']:.2f} GiB, "
           f"{q['lake']['query_gib']:.2f} above the imports), pandas {q['pandas']['seconds']:.2f} s (peak RSS {q['pandas']['peak_rss_gib']:.2f} GiB, "
           f"{q['pandas']['query_gib']:.2f} above the imports): {q['speedup']:.1f}x faster (median of {a.runs})")
     print(json.dumps(dict(write=w, query=q), indent=1))

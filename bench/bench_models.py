@@ -12,10 +12,10 @@ import argparse, statistics, tempfile, time
 from pathlib import Path
 import pandas as pd
 
-from iot2ml import pipeline
+from iot2ml.ml import pipeline
 from iot2ml.config import load_params
-from iot2ml.lake import Lake
-from iot2ml.models import FailureModel, ThresholdBaseline, time_split
+from iot2ml.lake.store import Lake
+from iot2ml.ml.models import FailureModel, ThresholdBaseline, time_split
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -50,7 +50,7 @@ def payload(dev, k, per_msg, now_us=None):
     if per_msg == 1: return one(k).encode()
     return ('[' + ','.join(one(k * per_msg + j) for j in range(per_msg)) + ']').encode()
 
-from iot2ml.live import RawPublisher   # the live simulator's raw MQTT 5 publisher
+from iot2ml.sim.live import RawPublisher   # the live simulator's raw MQTT 5 publisher
 
 def publisher_main(a):
     "Subprocess: publish messages k0..k1 round-robin over the devices; print timing as JSON."
@@ -92,7 +92,7 @@ def publish(cfg, n, per_msg, publishers, rate=None):
 # ----------------------------------------------------------------------------------------- setup
 def setup(base:Path, devices:int):
     from mqtt_broker import start_broker
-    from iot2ml.registry import Registry, write_broker_config, ingest_password, INGEST_USER
+    from iot2ml.ingest.devices import Registry, write_broker_config, ingest_password, INGEST_USER
     reg = Registry(base/'registry.sqlite')
     gw = reg.add('gw-bench', kind='gateway')
     devs = [f'pump-{i:04d}' for i in range(devices)]
@@ -104,7 +104,7 @@ def setup(base:Path, devices:int):
 
 def make_service(root:Path, flush_seconds:float):
     from iot2ml.config import Settings
-    from iot2ml.service import Service
+    from iot2ml.serve.runtime import Service
     return Service(Settings(root=root, ingest=dict(flush_seconds=flush_seconds, flush_rows=ARGS.flush_rows))).start()
 
 def wait(pred, timeout, what):
@@ -117,7 +117,7 @@ def wait(pred, timeout, what):
 class Ingester:
     "The ingester as `iot2ml mqtt` runs it, in this process."
     def __init__(self, cfg, root, client_id='bench-ingest'):
-        from iot2ml.mqtt import MqttIngester
+        from iot2ml.serve.mqtt import MqttIngester
         self.svc = make_service(root, ARGS.flush_seconds)
         self.ing = MqttIngester(self.svc, cfg['broker'].host, cfg['broker'].port, cfg['user'], cfg['password'], client_id=client_id,
                                 batch_messages=ARGS.batch_messages, receive_maximum=ARGS.receive_maximum)
@@ -145,8 +145,8 @@ class Counter:
             props = Properties(PacketTypes.CONNECT); props.SessionExpiryInterval = 3600; props.ReceiveMaximum = ARGS.receive_maximum
             c.connect(b.host, b.port, clean_start=False, properties=props); c.loop_start(); assert ok.wait(10)
         else:
-            from iot2ml.mqtt import MqttIngester, _Batch
-            from iot2ml.ingest import Outcome
+            from iot2ml.serve.mqtt import MqttIngester, _Batch
+            from iot2ml.ingest.routing import Outcome
             import concurrent.futures
             class Svc:
                 def store(self, tables, outcome): f = concurrent.futures.Future(); f.set_result(0); return f
@@ -228,7 +228,7 @@ def poll_main(a):
 
 def fresh_run(base):
     import numpy as np
-    from iot2ml.lake import Lake
+    from iot2ml.lake.store import Lake
     cfg = setup(base, ARGS.devices); root = base/'p1'
     try:
         ing = Ingester(cfg, root).start()

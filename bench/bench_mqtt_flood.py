@@ -2,7 +2,7 @@
 
 A real Mosquitto (tests/mqtt_broker.py, on a free port of 127.0.0.1) and the ingester (`MqttIngester` over a
 `Service`, as `iot2ml mqtt` builds them) in this process. Each run publishes, with a raw MQTT 5 QoS 1 publisher
-(iot2ml.live.RawPublisher), `--messages` single-reading messages of pump-b while the ingester runs:
+(iot2ml.sim.live.RawPublisher), `--messages` single-reading messages of pump-b while the ingester runs:
   good   valid readings, each with its own time;
   bad    the same readings with a time that cannot be read ("ts": "yesterday"): every one is dead-lettered.
 The time of a flood runs from the first publish to the moment the ingester has acknowledged every message (for
@@ -39,10 +39,10 @@ def run(base:Path, n:int, bad:bool) -> dict:
     "One flood of `n` messages (bad or good) from pump-b, then one good reading of pump-a."
     from mqtt_broker import start_broker
     from iot2ml.config import Settings
-    from iot2ml.live import RawPublisher
-    from iot2ml.mqtt import MqttIngester
-    from iot2ml.registry import INGEST_USER, Registry, ingest_password, write_broker_config
-    from iot2ml.service import Service
+    from iot2ml.sim.live import RawPublisher
+    from iot2ml.serve.mqtt import MqttIngester
+    from iot2ml.ingest.devices import INGEST_USER, Registry, ingest_password, write_broker_config
+    from iot2ml.serve.runtime import Service
     reg = Registry(base/'registry.sqlite')
     tok = {d: reg.add(d, type='pump').token for d in ('pump-a', 'pump-b')}
     bc = write_broker_config(reg, base/'mq', base/'mq'/'ingest.secret')

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iot2ml.parse import check_parsed, parse_body
+from iot2ml.ingest.parse import check_parsed, parse_body
 
 SENSORS = ['flow', 'suction_pressure', 'discharge_pressure', 'motor_current', 'vibration', 'bearing_temp']
 T0 = 1_767_225_600   # 2026-01-01T00:00:00Z
@@ -51,8 +51,8 @@ def mqtt_messages(kind):
 
 def bench_mqtt(kind, seconds):
     from iot2ml.config import Settings
-    from iot2ml.mqtt import MqttIngester
-    from iot2ml.service import Service
+    from iot2ml.serve.mqtt import MqttIngester
+    from iot2ml.serve.runtime import Service
     msgs, readings = mqtt_messages(kind)
     with tempfile.TemporaryDirectory() as d:
         svc = Service(Settings(root=Path(d)))

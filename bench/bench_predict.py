@@ -1,6 +1,6 @@
 """Inference: `POST /v1/predict` latency and throughput, and what streaming scoring costs ingestion, on a real server.
 
-Setup (once): the example workspace (`iot2ml.pipeline.example_workspace('evaluate')`: 8 pumps x 14 days, a trained bundle)
+Setup (once): the example workspace (`iot2ml.ml.pipeline.example_workspace('evaluate')`: 8 pumps x 14 days, a trained bundle)
 gives a latest-state file fed with every reading of its lake and a model registry with that bundle as champion. Each run
 copies them into a fresh project and starts the API (the `iot2ml serve` app: `create_app` + `Service`, one uvicorn worker)
 in its own process on a free loopback port.
@@ -46,12 +46,12 @@ def ensure_wrk() -> str:
 
 def prepare(base:Path) -> Path:
     "A template project: latest state fed from the example lake, the example bundle registered and promoted."
-    from iot2ml.features import FeatureSpec
-    from iot2ml.lake import Lake
-    from iot2ml.mlregistry import ModelRegistry
-    from iot2ml.models import load_model, save_model
-    from iot2ml.pipeline import example_workspace
-    from iot2ml.state import LatestState
+    from iot2ml.ml.features import FeatureSpec
+    from iot2ml.lake.store import Lake
+    from iot2ml.ml.registry import ModelRegistry
+    from iot2ml.ml.models import load_model, save_model
+    from iot2ml.ml.pipeline import example_workspace
+    from iot2ml.ingest.state import LatestState
     ws = example_workspace('evaluate')
     t = base/'template'; (t/'state').mkdir(parents=True)
     m = load_model(ws['model_dir'])
@@ -71,7 +71,7 @@ class Server:
         self.root, self.port = base, free_port()
         shutil.copytree(template, base)
         (base/'iot2ml.toml').write_text(f"[ingest]\nport = {self.port}\nrate_limit = 1e12\nrate_burst = 1e12\nmax_body_bytes = 67108864\nwindow = '30D'\n")
-        from iot2ml.registry import Registry
+        from iot2ml.ingest.devices import Registry
         self.token = Registry(base/'state'/'registry.sqlite').add_admin('bench').token
         self.url = f'http://127.0.0.1:{self.port}'; self.score, self.interval = score, interval
     def start(self):
@@ -96,9 +96,9 @@ class Server:
 def serve(root:Path, score:bool, interval:float):
     "Server mode: the `iot2ml serve` app, with streaming scoring on or off."
     import uvicorn
-    from iot2ml.api import create_app, _tune_gc
+    from iot2ml.serve.http import create_app, _tune_gc
     from iot2ml.config import ScoringSettings, load_settings
-    from iot2ml.service import Service
+    from iot2ml.serve.runtime import Service
     s = load_settings(root/'iot2ml.toml')
     svc = Service(s, scoring=ScoringSettings(enabled=score, interval=interval)).start(); _tune_gc()
     try: uvicorn.run(create_app(s, svc), host='127.0.0.1', port=s.ingest.port, log_level='warning', access_log=False, log_config=None)
@@ -174,12 +174,12 @@ def scale_template(base:Path, n:int, step_s:int, hours:int=250, seed:int=0) -> t
     example pumps' own hours, pump i%8 for device i, scaled by a per-device factor 0.95-1.05, counts as if a sensor sent
     every `step_s` s), the example bundle with `expected` = 3600/`step_s` as champion. Returns it and the stream's level
     and noise per (device, sensor) pair (its last day's mean and std)."""
-    from iot2ml.lake import Lake
-    from iot2ml.mlregistry import ModelRegistry
-    from iot2ml.models import load_model, save_model
-    from iot2ml.pipeline import example_workspace
-    from iot2ml.simulate import SENSORS, device_ids
-    from iot2ml.state import LatestState
+    from iot2ml.lake.store import Lake
+    from iot2ml.ml.registry import ModelRegistry
+    from iot2ml.ml.models import load_model, save_model
+    from iot2ml.ml.pipeline import example_workspace
+    from iot2ml.sim.fleet import SENSORS, device_ids
+    from iot2ml.ingest.state import LatestState
     ws = example_workspace('evaluate')
     t = base/f'scale-template-{n}'; (t/'state').mkdir(parents=True)
     m = load_model(ws['model_dir']); m.feature_spec.expected = 3600 / step_s   # the bundle's spec, with this stream's readings per interval
@@ -205,7 +205,7 @@ def scale_template(base:Path, n:int, step_s:int, hours:int=250, seed:int=0) -> t
 def stream_bodies(n:int, level:np.ndarray, noise:np.ndarray, step_s:int, count:int, seed:int=1) -> list[bytes]:
     """`count` bodies of 1,000 readings in time order: at each step (`step_s` simulated seconds) every device sends every
     sensor once, its N x 7 readings split over consecutive bodies (the last one of a step may be shorter)."""
-    from iot2ml.simulate import SENSORS, device_ids
+    from iot2ml.sim.fleet import SENSORS, device_ids
     pre = [f'{{"device_id":"{d}","sensor":"{s}","ts":"'.encode() for d in device_ids(n) for s in SENSORS]
     rng, per, out, k = np.random.default_rng(seed), len(pre), [], 0
     while len(out) < count:

@@ -1,6 +1,6 @@
 """Benchmark the pump-fleet simulator: readings generated per second, and peak memory.
 
-Generation only: every batch of `iot2ml.simulate.iter_batches` is consumed, nothing is written.
+Generation only: every batch of `iot2ml.sim.fleet.iter_batches` is consumed, nothing is written.
 The ceiling, measured in the same run, is the cost of emitting the same number of rows as Arrow
 tables of the same schema with random values and no physics, faults or messiness: the simulator's
 figure over it says how much the simulation itself costs.
@@ -13,7 +13,7 @@ import argparse, resource, statistics, time
 
 import numpy as np, pyarrow as pa, psutil
 
-from iot2ml.simulate import FleetSpec, SCHEMA, SENSORS, UNITS, device_ids, iter_batches
+from iot2ml.sim.fleet import FleetSpec, SCHEMA, SENSORS, UNITS, device_ids, iter_batches
 
 
 def run(spec: FleetSpec) -> tuple[float, int, int]:

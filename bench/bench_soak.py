@@ -16,9 +16,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'tests'))
 from mqtt_broker import start_broker            # noqa: E402  (the tests' broker helper: free port, generated config)
-from iot2ml.lake import Lake                     # noqa: E402
-from iot2ml.registry import Registry, write_broker_config   # noqa: E402
-from iot2ml.simulate import device_ids           # noqa: E402
+from iot2ml.lake.store import Lake                     # noqa: E402
+from iot2ml.ingest.devices import Registry, write_broker_config   # noqa: E402
+from iot2ml.sim.fleet import device_ids           # noqa: E402
 
 BIN = Path(sys.executable).parent
 

@@ -15,10 +15,10 @@ import argparse, json, os, shutil, statistics, tempfile, threading, time
 from pathlib import Path
 import pyarrow as pa, pyarrow.parquet as pq
 
-from iot2ml.lake import Lake
+from iot2ml.lake.store import Lake
 from iot2ml.schema import RAW_SCHEMA
-from iot2ml.simulate import FleetSpec, iter_batches
-from iot2ml.spool import SpooledWriter
+from iot2ml.sim.fleet import FleetSpec, iter_batches
+from iot2ml.ingest.spool import SpooledWriter
 
 def make_batches(readings:int, batch:int=1000, seed:int=1) -> list[pa.Table]:
     "The first `readings` readings of one simulated fleet day (about 10,000 per pump), in tables of `batch` rows."

@@ -54,8 +54,8 @@ def tiny_project(tmp_path_factory):
 
 def bundle_with_spec(src:Path, dest:Path, expected:float) -> Path:
     "The model bundle at `src`, saved to `dest` with the feature spec its features were built with (if it carries none)."
-    from iot2ml.features import FeatureSpec
-    from iot2ml.models import load_model, save_model
+    from iot2ml.ml.features import FeatureSpec
+    from iot2ml.ml.models import load_model, save_model
     m = load_model(src)
     if getattr(m, 'feature_spec', None) is None: m.feature_spec = FeatureSpec(expected=expected)
     save_model(m, dest)
@@ -66,7 +66,7 @@ def bundle_with_spec(src:Path, dest:Path, expected:float) -> Path:
 @pytest.fixture(scope='session')
 def small_champion(tmp_path_factory) -> Path:
     "The example workspace's trained bundle with its feature spec: register it in a `ModelRegistry` and promote it."
-    from iot2ml.pipeline import example_workspace
+    from iot2ml.ml.pipeline import example_workspace
     ws = example_workspace('evaluate')
     expected = json.loads((ws['prepared_dir']/'summary.json').read_text())['expected_per_interval']
     return bundle_with_spec(ws['model_dir'], tmp_path_factory.mktemp('champion')/'model', expected)

@@ -3,8 +3,8 @@ import json, os, signal, socket, subprocess, sys, threading, time
 from pathlib import Path
 import httpx, numpy as np, pandas as pd, pytest
 from conftest import BIN
-from iot2ml.lake import Lake
-from iot2ml.registry import Registry
+from iot2ml.lake.store import Lake
+from iot2ml.ingest.devices import Registry
 
 def free_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -120,7 +120,7 @@ def test_partial_acceptance_and_messages(server):
     assert sorted(df['ts'].astype(str))[:4] == ['2026-01-01 00:00:00.000000+00:00', '2026-01-01 00:00:00.123000+00:00',
                                                 '2026-01-01 00:00:00.123456+00:00', '2026-01-01 00:00:00.123457+00:00']
     # every rejection is in the dead-letter store with its reason
-    from iot2ml.ingest import DeadLetters
+    from iot2ml.ingest.routing import DeadLetters
     dead = DeadLetters(s.root/'state'/'deadletter')   # (the server writes them within a fraction of a second)
     wait_for(lambda: len(dead.read()) == 11)
     assert "'abc' is not a number; send a number such as 12.5" in set(dead.read().reason)
@@ -223,7 +223,7 @@ def test_routes_and_transforms_from_the_config(tmp_path):
 [[ingest.routes]]
 name = "temperatures"
 when = "sensor == 'bearing_temp'"
-transforms = ["iot2ml.ingest.fahrenheit_to_celsius"]
+transforms = ["iot2ml.ingest.routing.fahrenheit_to_celsius"]
 
 [[ingest.routes]]
 name = "flows"
@@ -254,8 +254,8 @@ SITES = {'pump-0001': 'north', 'pump-0002': 'north', 'pump-0003': 'south', 'pump
 @pytest.fixture(scope='module')
 def fleet(tmp_path_factory):
     "A server with latest values and scores of five devices (pump-0101 and pump-0102 behind gateway gw-1), and a token per role."
-    from iot2ml.scoring import ensure_scores_table
-    from iot2ml.state import LatestState
+    from iot2ml.serve.scoring import ensure_scores_table
+    from iot2ml.ingest.state import LatestState
     root = tmp_path_factory.mktemp('fleet')
     s, reg = Server(root), Registry(root/'state'/'registry.sqlite')
     gw = reg.add('gw-1', kind='gateway').token

@@ -2,7 +2,7 @@
 import json
 import pytest
 from click.testing import CliRunner
-from iot2ml.cli import cli
+from iot2ml.cli.main import cli
 
 def commands(group=cli, prefix=()):
     for name, c in group.commands.items():

@@ -5,9 +5,9 @@ import json, os, socket, subprocess, time
 from pathlib import Path
 import httpx, pytest
 from conftest import BIN
-from iot2ml.ingest import DeadLetters
-from iot2ml.lake import Lake
-from iot2ml.registry import Registry
+from iot2ml.ingest.routing import DeadLetters
+from iot2ml.lake.store import Lake
+from iot2ml.ingest.devices import Registry
 from iot2ml.schema import RecordError
 
 ONES = [RecordError(i, '-', "is int, not an object; send objects with device_id, ts, sensor, value") for i in range(50_000)]

@@ -1,9 +1,9 @@
-"Anomaly detectors (iot2ml.detect) and their metrics (iot2ml.evaluate): behaviour on synthetic multivariate data."
+"Anomaly detectors (iot2ml.ml.detect) and their metrics (iot2ml.ml.evaluate): behaviour on synthetic multivariate data."
 import warnings
 import numpy as np, pandas as pd, pytest
 from sklearn.base import clone
-from iot2ml.detect import make_detector, DETECTORS, AutoDetector, NotFittedError, holt_residuals, fit_holt
-from iot2ml.evaluate import detection_metrics, nab_score, windows_to_labels
+from iot2ml.ml.detect import make_detector, DETECTORS, AutoDetector, NotFittedError, holt_residuals, fit_holt
+from iot2ml.ml.evaluate import detection_metrics, nab_score, windows_to_labels
 
 NAMES = list(DETECTORS)
 

@@ -1,10 +1,10 @@
 "Batch features over the lake and online features from the latest-state window give the same numbers."
 import numpy as np, pandas as pd, pyarrow as pa
 import pytest
-from iot2ml.features import FeatureSpec, online_features, feature_columns
-from iot2ml.lake import Lake
-from iot2ml.pipeline import example_workspace
-from iot2ml.state import LatestState
+from iot2ml.ml.features import FeatureSpec, online_features, feature_columns
+from iot2ml.lake.store import Lake
+from iot2ml.ml.pipeline import example_workspace
+from iot2ml.ingest.state import LatestState
 
 @pytest.fixture(scope='module')
 def lake():

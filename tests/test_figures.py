@@ -5,16 +5,17 @@ lake; every such cell must show exactly one `image/png`, and no output may be a 
 import json
 import nbformat, pytest
 from nbclient import NotebookClient
-from iot2ml.kernel import EncryptedKernelManager
+from iot2ml.ml.kernel import EncryptedKernelManager
 
 SETUP = """
 import numpy as np, pandas as pd
 from pathlib import Path
-from iot2ml.simulate import FleetSpec
-from iot2ml.lake import Lake
-from iot2ml.pipeline import simulate_to_lake, prepare, features
+from iot2ml.sim.fleet import FleetSpec
+from iot2ml.lake.store import Lake
+from iot2ml.ml.pipeline import simulate_to_lake, prepare, features
 from iot2ml.config import PrepareParams, FeaturesParams
-from iot2ml import evaluate as ev, explore as ex, models as mo
+from iot2ml.lake import explore as ex
+from iot2ml.ml import evaluate as ev, models as mo
 lake = Lake(Path('lake'), Path('reference'), fsync=False)
 simulate_to_lake(FleetSpec(pumps=2, days=4, freq='30min', seed=1, fault_rate=12), lake)
 prepare(lake, 'prepared', PrepareParams())

@@ -2,9 +2,9 @@
 import json, math
 import pandas as pd, pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
-from iot2ml.parse import parse_body, ParseError, check_parsed
+from iot2ml.ingest.parse import parse_body, ParseError, check_parsed
 from iot2ml.schema import Limits
-from iot2ml.registry import Registry
+from iot2ml.ingest.devices import Registry
 
 NOW = pd.Timestamp('2026-06-01', tz='UTC')
 T0 = 1_767_225_600   # 2026-01-01T00:00:00Z
@@ -141,13 +141,14 @@ _NASTY = [*[(b'[' + _OK + b',' + _OK.replace(b'"' + k + b'"', _SUR, 1) + b']', '
           (b'[' + _OK + b',' + _OK.replace(b':1}', b':' + b'[' * 300 + b']' * 300 + b'}') + b']', 'application/json'),
           (b'device_id,device_id,ts,sensor,value\npump-0001,pump-0001,2026-01-01T00:00:00Z,flow,1\n', 'text/csv'),
           (b'device_id,ts,flow,flow\npump-0001,2026-01-01T00:00:00Z,1,2\n', 'text/csv'),
+          (b'device_id,ts,value\npump-0001,yesterday,1\n', 'text/csv'),                  # a wide CSV whose only column is 'value'
           (b'device_id,ts,sensor,value\npump-0001,2026-01-01T00:00:00Z,fl\xed\xa0\x80ow,1\n', 'text/csv')]
 
 def test_api_fuzzed_from_its_openapi_schema(tmp_path, small_champion):
     import httpx, schemathesis
     from hypothesis import given as hgiven
     from test_api import Server
-    from iot2ml.mlregistry import ModelRegistry
+    from iot2ml.ml.registry import ModelRegistry
     @schemathesis.serializer('application/x-ndjson')   # its schema is a string: send it as it is
     def _ndjson(ctx, value): return value if isinstance(value, bytes) else str(value).encode('utf-8', 'surrogatepass')
     models = ModelRegistry(tmp_path/'state'/'registry')

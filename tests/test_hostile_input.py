@@ -6,9 +6,9 @@ from pathlib import Path
 import httpx, pandas as pd, pytest
 from test_api import Server, server, post, lake_rows, wait_for, wait_rows   # noqa: F401 (server: the fixture)
 from iot2ml.config import Settings
-from iot2ml.mqtt import MqttIngester
-from iot2ml.registry import Registry
-from iot2ml.service import Service
+from iot2ml.serve.mqtt import MqttIngester
+from iot2ml.ingest.devices import Registry
+from iot2ml.serve.runtime import Service
 
 G = lambda i, **kw: {'device_id': 'pump-0001', 'ts': f'2026-01-01T00:00:{i:02d}Z', 'sensor': 'flow', 'value': float(i)} | kw
 

@@ -1,4 +1,4 @@
-"""A real JupyterLab in a real Chromium: `make lab` serves the project, `nbs/17_explore.ipynb` runs top to bottom on a
+"""A real JupyterLab in a real Chromium: `make lab` serves the project, `nbs/lake/01_explore.ipynb` runs top to bottom on a
 lake, its figures are images (not `<Figure size ...>` text) and the device picker redraws its image.
 
 Chromium is Debian's (`scripts/ensure-chromium.sh`, which `make pytest` runs), driven by the `playwright` package with
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = 'nbs/17_explore.ipynb'
+NOTEBOOK = 'nbs/lake/01_explore.ipynb'
 SHOTS = ROOT/'build'/'screenshots'
 LAB_CMD = ['make', 'lab']   # as a person starts it; LAB_ARGS are appended to `jupyter lab`
 # JupyterLab settings for the test only: no autosave (the run must not write outputs into the notebook), every cell
@@ -45,9 +45,9 @@ def _wait_for_server(proc, url:str, log:Path, timeout:float=180):
 @pytest.fixture(scope='module')
 def small_lake(tmp_path_factory):
     "A small simulated lake (4 devices, 10 days) in a data folder of its own, as `make demo` lays it out."
-    from iot2ml.lake import Lake
-    from iot2ml.pipeline import simulate_to_lake
-    from iot2ml.simulate import FleetSpec
+    from iot2ml.lake.store import Lake
+    from iot2ml.ml.pipeline import simulate_to_lake
+    from iot2ml.sim.fleet import FleetSpec
     data = tmp_path_factory.mktemp('data')
     simulate_to_lake(FleetSpec(pumps=4, days=10, freq='5min', seed=3, fault_rate=3), Lake(data/'lake', fsync=False))
     return data
@@ -105,9 +105,9 @@ def test_explore_runs_in_jupyterlab_with_image_figures_and_a_live_picker(lab, sm
             page.locator('#jp-MainMenu').get_by_text('Run', exact=True).click()
             page.get_by_text('Run All Cells', exact=True).click()
             try: page.wait_for_function(ALL_RUN, timeout=TIMEOUT_MS, polling=500)
-            finally: page.screenshot(path=SHOTS/'17_explore_after_run_all.png')
+            finally: page.screenshot(path=SHOTS/'explore_after_run_all.png')
             expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_have_count(1, timeout=TIMEOUT_MS)
-            page.screenshot(path=SHOTS/'17_explore_top.png')
+            page.screenshot(path=SHOTS/'explore_top.png')
 
             errors = nb.locator('[data-mime-type="application/vnd.jupyter.stderr"], [data-mime-type="application/vnd.jupyter.error"]')
             assert errors.count() == 0, errors.first.inner_text()[:2000]
@@ -122,7 +122,7 @@ def test_explore_runs_in_jupyterlab_with_image_figures_and_a_live_picker(lab, sm
             img = picker.locator('.widget-output img').first
             expect(img).to_be_visible()
             src = img.get_attribute('src')
-            picker.screenshot(path=SHOTS/'17_explore_picker_before.png')
+            picker.screenshot(path=SHOTS/'explore_picker_before.png')
             select = picker.locator('.widget-dropdown select')
             assert select.locator('option').count() == 4   # the lake's 4 devices
             select.select_option(index=1)
@@ -130,15 +130,15 @@ def test_explore_runs_in_jupyterlab_with_image_figures_and_a_live_picker(lab, sm
                                    arg=[img.element_handle(), src], timeout=60_000)
             expect(picker.locator('.widget-output img')).to_have_count(1)
             assert picker.locator('.widget-output img').first.get_attribute('src') != src, "the picker did not redraw its image"
-            picker.screenshot(path=SHOTS/'17_explore_picker_after.png')
-            page.screenshot(path=SHOTS/'17_explore_page.png', full_page=True)
+            picker.screenshot(path=SHOTS/'explore_picker_after.png')
+            page.screenshot(path=SHOTS/'explore_page.png', full_page=True)
         finally:
             browser.close()
 
 
 def test_walkthrough_lake_prefers_the_project_lake_and_says_when_it_falls_back(small_lake, tmp_path, monkeypatch):
-    from iot2ml.explore import walkthrough_lake
-    from iot2ml.lake import LakeError
+    from iot2ml.lake.explore import walkthrough_lake
+    from iot2ml.lake.store import LakeError
     monkeypatch.chdir(ROOT/'nbs')                                   # where the notebooks run
     monkeypatch.setenv('IOT2ML_DATA_DIR', str(small_lake))
     lake, note = walkthrough_lake()
@@ -153,13 +153,13 @@ def test_walkthrough_lake_prefers_the_project_lake_and_says_when_it_falls_back(s
 def _outputs(nb:dict) -> list[dict]: return [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', [])]
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['14_detect', '17_explore'])
+@pytest.mark.parametrize('name', ['ml/03_detect', 'lake/01_explore'])
 def test_walkthrough_runs_on_the_lake_given_as_parameter(name, small_lake, tmp_path):
     "papermill with -p lake_dir: the notebook says it reads that lake, and its figures are PNGs."
     import papermill as pm
-    out = tmp_path/f'{name}.ipynb'
+    out = tmp_path/f"{name.replace('/', '_')}.ipynb"
     run = lambda: pm.execute_notebook(ROOT/'nbs'/f'{name}.ipynb', out, parameters={'lake_dir': str(small_lake/'lake')},
-                                      cwd=ROOT/'nbs', kernel_name='python3', progress_bar=False, execution_timeout=240)
+                                      cwd=(ROOT/'nbs'/name).parent, kernel_name='python3', progress_bar=False, execution_timeout=240)
     try: run()
     except TimeoutError as e:
         # Once in four full runs on 2 busy workers a cell never got its reply (the notebook takes ~30 s; the kernel's

@@ -2,7 +2,7 @@
 import hashlib, json, os, re
 from pathlib import Path
 import numpy as np, pandas as pd, pyarrow as pa, pyarrow.parquet as pq, pytest
-from iot2ml.lake import HOURLY_SCHEMA, Lake, LakeError, SqlRefused, SqlTimeout, atomic_path
+from iot2ml.lake.store import HOURLY_SCHEMA, Lake, LakeError, SqlRefused, SqlTimeout, atomic_path
 from iot2ml.schema import RAW_SCHEMA
 
 def batch(devices=('pump-0001', 'pump-0002'), sensors=('flow', 'power'), start='2026-01-01 00:00', minutes=60, arrival=None, value=None, seed=0):
@@ -88,7 +88,7 @@ def test_catalog_entries(lake):
     assert set(cat.index) == {('raw', 'telemetry'), ('processed', 'telemetry'), ('published', 'telemetry_hourly')}
     e = cat.loc[('processed', 'telemetry')]
     assert e['rows'] == 120 and e['start'].startswith('2026-01-01T00:00') and e['end'].startswith('2026-01-01T00:29')
-    assert e['produced_by'] == 'iot2ml.lake.Lake.process' and e['owner'] and e['tags']
+    assert e['produced_by'] == 'iot2ml.lake.store.Lake.process' and e['owner'] and e['tags']
     assert [c[0] for c in e['schema']] == ['device_id', 'ts', 'sensor', 'value', 'unit', 'quality']
 
 def test_hourly_aggregate_matches_pandas(lake):
@@ -207,7 +207,7 @@ def test_byte_reproducible(tmp_path):
 def test_read_a_derived_dataset_without_sensors(tmp_path):
     "Datasets other than telemetry (the model's scores) read too; asking them for sensors is a clear error."
     import pyarrow as pa, pyarrow.parquet as pq
-    from iot2ml.lake import Lake, LakeError
+    from iot2ml.lake.store import Lake, LakeError
     lake = Lake(tmp_path/'lake', tmp_path/'reference', fsync=False)
     d = tmp_path/'lake'/'raw'/'scores'/'date=2026-01-02'; d.mkdir(parents=True)
     ts = pd.to_datetime(['2026-01-02T01:00Z', '2026-01-02T00:00Z'])

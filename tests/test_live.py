@@ -1,8 +1,8 @@
 "The live simulator streams a fleet in real time into a running service."
 import time
 from conftest import run, BIN
-from iot2ml.lake import Lake
-from iot2ml.registry import Registry
+from iot2ml.lake.store import Lake
+from iot2ml.ingest.devices import Registry
 from test_api import Server, wait_rows
 
 def test_live_http_into_the_service(tmp_path):

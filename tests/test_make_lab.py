@@ -26,7 +26,7 @@ def _until(cond, proc, log:Path, what:str, timeout:float=180):
     pytest.fail(f"{what} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 def readme_paths() -> list[str]:
-    "The notebook and build paths the README sends people to (globs expanded), e.g. nbs/17_explore.ipynb, build/report/report.html."
+    "The notebook and build paths the README sends people to (globs expanded), e.g. nbs/lake/01_explore.ipynb, build/report/report.html."
     found = set(re.findall(r"`((?:nbs|build)/[\w./*{},-]+?\.(?:ipynb|html|json))`", (ROOT/'README.md').read_text()))
     out = []
     for p in sorted(found):
@@ -54,7 +54,7 @@ def test_make_lab_opens_the_project_root(tmp_path):
             listed = {c['name'] for c in json.loads(r.read())['content']}
         assert names <= listed, listed
         paths = readme_paths()
-        assert 'nbs/17_explore.ipynb' in paths and 'build/report/report.html' in paths, paths
+        assert 'nbs/lake/01_explore.ipynb' in paths and 'build/report/report.html' in paths, paths
         for p in paths:
             if (ROOT/p).exists(): assert _status(f"{base}/api/contents/{p}?content=0&token={token}") == 200, p
         assert _status(f"{base}/lab/tree/nbs?token={token}") == 200

@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from click.testing import CliRunner
-from iot2ml.cli import cli
+from iot2ml.cli.main import cli
 from iot2ml.config import JobSettings, SchedulerSettings, Settings
-from iot2ml.mlregistry import ModelRegistry, RegistryError, project_lineage, sha256_file
-from iot2ml.retrain import Scheduler, drift_report, gate, psi
+from iot2ml.ml.registry import ModelRegistry, RegistryError, project_lineage, sha256_file
+from iot2ml.ml.retrain import Scheduler, drift_report, gate, psi
 
 def bundle(d:Path, blob:bytes, extra:bool=False) -> Path:
     d.mkdir(parents=True, exist_ok=True); (d/'model.joblib').write_bytes(blob)
@@ -168,7 +168,7 @@ def test_scheduler_cli_list_and_once_with_configured_jobs(tmp_path):
 
 def test_drift_refuses_a_live_table_without_the_features():
     "A live table that lacks the model's columns is an error naming them, not '100% drifted' (which would trigger a retrain)."
-    from iot2ml.mlregistry import RegistryError
+    from iot2ml.ml.registry import RegistryError
     rng = np.random.default_rng(1)
     train = pd.DataFrame({'a': rng.normal(size=500), 'b': rng.normal(size=500)})
     with pytest.raises(RegistryError, match='lacks 2 of the 2 feature columns'):

@@ -1,9 +1,9 @@
 "The failure model on a simulated wear signal: grouped time folds, calibration, the cost-chosen alert level, RUL, the bundle."
 import json, warnings
 import numpy as np, pandas as pd, pytest
-from iot2ml.features import failure_labels
-from iot2ml.evaluate import event_metrics
-from iot2ml.models import (FailureModel, Calibrator, time_folds, time_split, cost_curve, cost_threshold, rul_target,
+from iot2ml.ml.features import failure_labels
+from iot2ml.ml.evaluate import event_metrics
+from iot2ml.ml.models import (FailureModel, Calibrator, time_folds, time_split, cost_curve, cost_threshold, rul_target,
                            save_model, load_model, model_features)
 
 def fleet(pumps=12, days=40, noise=0.35, seed=0):

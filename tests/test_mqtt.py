@@ -4,13 +4,13 @@ from pathlib import Path
 import duckdb, paho.mqtt.client as mqtt, pandas as pd, pytest
 from conftest import BIN
 from iot2ml.config import Settings
-from iot2ml.ingest import DeadLetters
-from iot2ml.lake import Lake, LakeError
-from iot2ml.mqtt import MqttIngester
-from iot2ml.registry import INGEST_USER, Registry, ingest_password, write_broker_config
-from iot2ml.service import Service
-from iot2ml.spool import SpoolFull
-from iot2ml.state import LatestState
+from iot2ml.ingest.routing import DeadLetters
+from iot2ml.lake.store import Lake, LakeError
+from iot2ml.serve.mqtt import MqttIngester
+from iot2ml.ingest.devices import INGEST_USER, Registry, ingest_password, write_broker_config
+from iot2ml.serve.runtime import Service
+from iot2ml.ingest.spool import SpoolFull
+from iot2ml.ingest.state import LatestState
 
 CONFIG = """[ingest]
 flush_seconds = 0.3
@@ -292,7 +292,7 @@ def test_wrong_password_is_reported_and_retried(proj, inproc):
 # ------------------------------------------------------------------------------------------------------------------ bad input
 
 def test_a_flood_of_bad_messages_is_dead_lettered_and_does_not_hold_up_another_device(proj):
-    from iot2ml.live import RawPublisher
+    from iot2ml.sim.live import RawPublisher
     ing = proj.ingester(); proj.probe()
     n = 3000
     flood = RawPublisher(proj.broker.host, proj.broker.port, 'pump-0002', proj.tokens['pump-0002'], 'flood-0002', 5000)

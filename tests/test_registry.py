@@ -6,8 +6,8 @@ import click, pytest
 import paho.mqtt.client as mqtt
 from click.testing import CliRunner
 
-from iot2ml.devices_cli import broker_config, devices
-from iot2ml.registry import (INGEST_USER, AuthError, Registry, RegistryError, authenticate, hash_token, ingest_password,
+from iot2ml.cli.devices import broker_config, devices
+from iot2ml.ingest.devices import (INGEST_USER, AuthError, Registry, RegistryError, authenticate, hash_token, ingest_password,
                              mosquitto_hash, mosquitto_verify, utcnow, write_broker_config)
 
 # -- the registry and authenticate ----------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def test_wide_round_trip():
 def test_wide_json_null_sensor_is_not_read_and_bool_ids_are_refused():
     "A wide record's null sensor means 'not read' (as a blank CSV cell): the record is accepted whole; true/false is no id."
     import json
-    from iot2ml.parse import parse_body, check_parsed
+    from iot2ml.ingest.parse import parse_body, check_parsed
     now = pd.Timestamp('2026-06-01', tz='UTC')
     p = parse_body(json.dumps({'device_id': 'p1', 'ts': '2026-01-01T00:00:00Z', 'flow': None, 'power': 1.0}).encode(), 'application/json')
     t, rec, errs = check_parsed(p, now=now)
@@ -99,7 +99,7 @@ def test_wide_json_null_sensor_is_not_read_and_bool_ids_are_refused():
 
 # -- hostile and careless input (issue 8: defects 4, 5, 8, 9), at the parser: a record error or a whole-body ParseError, never a crash
 import json
-from iot2ml.parse import parse_body, check_parsed, ParseError
+from iot2ml.ingest.parse import parse_body, check_parsed, ParseError
 from iot2ml.schema import Limits
 
 NOW6 = pd.Timestamp('2026-11-05', tz='UTC')

@@ -5,16 +5,16 @@ import json, shutil, socket, threading, time
 from pathlib import Path
 import httpx, numpy as np, pandas as pd, pyarrow as pa, pytest, uvicorn
 
-from iot2ml.api import create_app
+from iot2ml.serve.http import create_app
 from iot2ml.config import ScoringSettings, TrainParams, load_settings
-from iot2ml.features import FeatureSpec
-from iot2ml.lake import Lake
-from iot2ml.mlregistry import ModelRegistry
-from iot2ml.models import load_model, save_model
-from iot2ml.pipeline import example_workspace, train
-from iot2ml.registry import Registry
-from iot2ml.service import Service
-from iot2ml.state import LatestState
+from iot2ml.ml.features import FeatureSpec
+from iot2ml.lake.store import Lake
+from iot2ml.ml.registry import ModelRegistry
+from iot2ml.ml.models import load_model, save_model
+from iot2ml.ml.pipeline import example_workspace, train
+from iot2ml.ingest.devices import Registry
+from iot2ml.serve.runtime import Service
+from iot2ml.ingest.state import LatestState
 from conftest import bundle_with_spec as _with_spec   # shared with test_fuzz's champion
 
 def free_port() -> int:

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc, pytest
 
-from iot2ml import simulate as S
+from iot2ml.sim import fleet as S
 from iot2ml.schema import RAW_SCHEMA
-from iot2ml.simulate import (SENSORS, UNITS, DECIMALS, SCHEMA, FleetSpec, asset_registry, fault_schedule,
+from iot2ml.sim.fleet import (SENSORS, UNITS, DECIMALS, SCHEMA, FleetSpec, asset_registry, fault_schedule,
                              maintenance_log, clock_skew, iter_batches, simulate)
 
 SI = {s: i for i, s in enumerate(SENSORS)}

@@ -2,8 +2,8 @@
 import os, signal, subprocess, sys, threading, time
 from pathlib import Path
 import duckdb, numpy as np, pandas as pd, pyarrow as pa, pytest
-from iot2ml.lake import Lake
-from iot2ml.spool import SpooledWriter, SpoolFull, read_segment
+from iot2ml.lake.store import Lake
+from iot2ml.ingest.spool import SpooledWriter, SpoolFull, read_segment
 
 T0 = pd.Timestamp('2026-01-01', tz='UTC')
 
@@ -100,8 +100,8 @@ def test_group_commit(lake, tmp_path, monkeypatch):
 DRIVER = r'''
 import os, sys, threading
 import numpy as np, pandas as pd, pyarrow as pa
-from iot2ml.lake import Lake
-from iot2ml.spool import SpooledWriter
+from iot2ml.lake.store import Lake
+from iot2ml.ingest.spool import SpooledWriter
 lake_dir, spool_dir, mode, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 T0 = pd.Timestamp('2026-01-01', tz='UTC')
 def readings(k):

@@ -4,10 +4,10 @@ import sqlite3
 import httpx, pandas as pd, pyarrow as pa
 from conftest import BIN, run
 from test_api import Server, post, wait_for
-from iot2ml.features import FeatureSpec, online_features
-from iot2ml.lake import Lake
-from iot2ml.registry import Registry
-from iot2ml.state import LatestState
+from iot2ml.ml.features import FeatureSpec, online_features
+from iot2ml.lake.store import Lake
+from iot2ml.ingest.devices import Registry
+from iot2ml.ingest.state import LatestState
 
 TS = '2026-01-01T00:10:00Z'
 reading = lambda value, sensor='flow', ts=TS: {'device_id': 'pump-0001', 'ts': ts, 'sensor': sensor, 'value': value}

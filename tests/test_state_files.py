@@ -6,7 +6,7 @@ import httpx
 from conftest import BIN
 from test_api import Server, free_port
 from test_mqtt import Project, wait_for
-from iot2ml.registry import Registry
+from iot2ml.ingest.devices import Registry
 
 def _healthy(url:str) -> bool:
     try: return httpx.get(url + '/healthz', timeout=0.5).status_code == 200
