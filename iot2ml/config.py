@@ -14,16 +14,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .errors import ConfigError
+
 # %% auto #0
-__all__ = ['CONFIG_NAME', 'ConfigError', 'suggest', 'raise_config_error', 'SimulateSettings', 'LakeSettings', 'RouteSettings',
-           'IngestSettings', 'MqttSettings', 'RegistrySettings', 'ScoringSettings', 'JobSettings', 'SchedulerSettings',
-           'Settings', 'find_config', 'load_settings', 'PrepareParams', 'FeaturesParams', 'TrainParams',
-           'EvaluateParams', 'ReportParams', 'PromoteParams', 'Params', 'load_params', 'private']
+__all__ = ['CONFIG_NAME', 'suggest', 'raise_config_error', 'SimulateSettings', 'LakeSettings', 'RouteSettings', 'IngestSettings',
+           'MqttSettings', 'RegistrySettings', 'ScoringSettings', 'JobSettings', 'SchedulerSettings', 'Settings',
+           'find_config', 'load_settings', 'PrepareParams', 'FeaturesParams', 'TrainParams', 'EvaluateParams',
+           'ReportParams', 'PromoteParams', 'Params', 'load_params', 'private']
 
 # %% ../nbs/core/00_config.ipynb #6701c849
-class ConfigError(ValueError):
-    "A setting or param is unknown or has a bad value; the message names it and the fix."
-
 def _known_keys(model:type[BaseModel], prefix:str='') -> list[str]:
     "Every dotted key `model` accepts, nested models included."
     keys = []

@@ -10,10 +10,12 @@ import re, reprlib
 from dataclasses import dataclass, field
 from datetime import datetime
 import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc
+from .errors import InputError
 
 # %% auto #0
 __all__ = ['TS_TYPE', 'KEY', 'REQUIRED', 'LONG_SCHEMA', 'RAW_SCHEMA', 'MIN_TS', 'MAX_AHEAD', 'ID_CHARS', 'ID_RE', 'Limits',
-           'RecordError', 'SchemaError', 'parse_ts', 'Validated', 'validate', 'check', 'to_wide', 'to_long']
+           'RecordError', 'SchemaError', 'epoch_to_us', 'parse_ts', 'Validated', 'show_value', 'validate', 'check',
+           'to_wide', 'to_long']
 
 # %% ../nbs/core/02_schema.ipynb #f62b5300
 TS_TYPE = pa.timestamp('us', tz='UTC')
@@ -48,7 +50,7 @@ class RecordError:
     message: str   # what is wrong and what to do
     def __str__(self): return f"record {self.index}, field '{self.field}': {self.message}"
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     "A batch had records that failed validation; `.errors` lists them."
     def __init__(self, errors:list[RecordError], limit:int=5):
         self.errors = errors
@@ -69,7 +71,7 @@ def _to_us(t:pd.Series) -> pd.Series:
     "Timestamps at microsecond resolution (finer digits are cut, as the lake keeps microseconds)."
     return t.dt.floor('us').astype('datetime64[us, UTC]') if len(t) else t.astype('datetime64[us, UTC]')
 
-def _epoch_to_us(x:np.ndarray) -> np.ndarray:
+def epoch_to_us(x:np.ndarray) -> np.ndarray:
     "Epoch numbers in s/ms/us/ns (by magnitude) as int64 microseconds."
     a = np.abs(x); out = np.empty(len(x), dtype='int64')
     for (lim, unit), lo in zip(_EPOCH_UNITS, (0, 1e11, 1e14, 1e17)):
@@ -119,7 +121,7 @@ def parse_ts(values:pd.Series,          # timestamps as numbers, strings or date
         return _localize(values, assume_tz, problem, _NO_ZONE_COLUMN), problem
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         x = values.to_numpy(dtype='float64', na_value=np.nan); ok = np.isfinite(x) & (np.abs(x) < _EPOCH_MAX)
-        out[ok] = pd.to_datetime(_epoch_to_us(x[ok]), unit='us', utc=True)
+        out[ok] = pd.to_datetime(epoch_to_us(x[ok]), unit='us', utc=True)
         problem[~ok & values.notna().to_numpy()] = "is not a finite epoch time in range; send epoch seconds/ms/us/ns or an ISO 8601 time with a zone"
         return out, problem
     if n > 64 and pd.api.types.infer_dtype(values, skipna=True) == 'string':   # each distinct string once (a flood repeats one bad time)
@@ -132,7 +134,7 @@ def parse_ts(values:pd.Series,          # timestamps as numbers, strings or date
     s = values.astype('string')
     num = pd.to_numeric(s, errors='coerce')
     isnum = num.notna() & np.isfinite(num.astype('float64').fillna(np.nan)) & (num.astype('float64').abs() < _EPOCH_MAX)
-    if isnum.any(): out[isnum] = pd.to_datetime(_epoch_to_us(num[isnum].to_numpy('float64')), unit='us', utc=True)
+    if isnum.any(): out[isnum] = pd.to_datetime(epoch_to_us(num[isnum].to_numpy('float64')), unit='us', utc=True)
     st = s[~isnum & s.notna()].str.strip()
     date = st.str.fullmatch(_DATE_RE).astype(bool)
     problem[date.index[date]] = _DATE_ONLY
@@ -170,7 +172,7 @@ def _ids_ok(s:pd.Series, max_len:int=128) -> pd.Series:
 _REPR = reprlib.Repr()   # a nested value, shown shallow
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
 
-def _show(v, width=40) -> str:
+def show_value(v, width=40) -> str:
     "A bad input quoted for a message: escaped (so control characters and lone surrogates show), short, true/false/null as in JSON."
     if isinstance(v, (bool, np.bool_)): return 'true' if v else 'false'
     if v is None: return 'null'
@@ -199,7 +201,7 @@ def _check_value(df:pd.DataFrame, flag) -> pd.Series:
     text = pd.Series(None, index=raw.index, dtype=object)
     text[odd] = raw[odd].astype('string').str.strip().str.lower().to_numpy(object)   # (only those: a column of numbers is not made text)
     nan_text = text.isin(['nan', '-nan', 'inf', '+inf', '-inf', 'infinity', '-infinity']).to_numpy(bool)
-    flag(odd & ~nan_text, 'value', lambda m: [f"{_show(v)} is not a number; send a number such as 12.5" for v in raw[m]])
+    flag(odd & ~nan_text, 'value', lambda m: [f"{show_value(v)} is not a number; send a number such as 12.5" for v in raw[m]])
     flag(~np.isfinite(val.fillna(np.inf)), 'value', lambda m: [f"is {v}, not a finite number; send a finite number or leave the reading out" for v in np.where(nan_text[m], text[m], val[m].astype(str))])
     return val
 
@@ -209,8 +211,8 @@ def _check_ts(df:pd.DataFrame, flag, now:pd.Timestamp, assume_tz:str|None) -> pd
     ts, prob = parse_ts(df['ts'], assume_tz)
     shown = {}   # a message per distinct (text, problem): a flood repeats one bad time
     def says(v, p):
-        if type(v) is not str: return f"{_show(v)} {p}"
-        if (v, p) not in shown: shown[v, p] = f"{_show(v)} {p}"
+        if type(v) is not str: return f"{show_value(v)} {p}"
+        if (v, p) not in shown: shown[v, p] = f"{show_value(v)} {p}"
         return shown[v, p]
     flag(prob.notna().to_numpy(), 'ts', lambda m: [says(v, p) for v, p in zip(df['ts'][m], prob[m])])
     flag((ts < MIN_TS).fillna(False).to_numpy(), 'ts', lambda m: [f"{t.isoformat()} is before 2000-01-01; check the device clock or the time unit" for t in ts[m]])
@@ -251,8 +253,8 @@ def _screen(df:pd.DataFrame, flag) -> pd.DataFrame:
     for c in (*REQUIRED, 'unit', 'quality'):
         if c not in df or (k := _odd(df[c], c in _TEXT)) is None: continue
         m = k.notna().to_numpy()
-        flag(m, c, lambda m, c=c, k=k: [f"{_show(v)} is not valid Unicode text (it holds a lone surrogate); send UTF-8 text" if kind == 'surrogate'
-                                        else f"{_show(v)} is a {kind}, {_NOT[c]}" for v, kind in zip(df[c][m], k[m])])
+        flag(m, c, lambda m, c=c, k=k: [f"{show_value(v)} is not valid Unicode text (it holds a lone surrogate); send UTF-8 text" if kind == 'surrogate'
+                                        else f"{show_value(v)} is a {kind}, {_NOT[c]}" for v, kind in zip(df[c][m], k[m])])
         blank[c] = df[c].astype(object).where(~m, None)
     return df.assign(**blank) if blank else df
 
@@ -289,7 +291,7 @@ def _check_ids(df:pd.DataFrame, flag, max_len:int) -> None:
         flag(n > max_len, c, lambda m, n=n, what=what: [
             f"is not a valid {what}: it is {k:,.0f} characters long, more than ingest.max_id_length ({max_len}); shorten it or raise that setting" for k in n[m]])
         if c != 'unit': flag(np.append(~_ids_ok(pd.Series(uniq, dtype=object), max_len).to_numpy(bool), True)[codes], c, lambda m, c=c, what=what: [
-            f"{_show(v)} is not a valid {what}; use 1-{max_len} letters, digits, '.', '_', ':' or '-', starting with a letter or digit" for v in df[c][m]])
+            f"{show_value(v)} is not a valid {what}; use 1-{max_len} letters, digits, '.', '_', ':' or '-', starting with a letter or digit" for v in df[c][m]])
 
 def validate(df:pd.DataFrame,                 # a batch of readings in long form
              now:pd.Timestamp|None=None,      # the present, for the "more than a day ahead" check
@@ -313,7 +315,7 @@ def validate(df:pd.DataFrame,                 # a batch of readings in long form
     ts = _check_ts(df, flag, now, assume_tz)
     quality = df['quality'] if 'quality' in df else pd.Series(0, index=df.index)
     q = pd.to_numeric(quality, errors='coerce')
-    flag(quality.notna() & ~(q.between(0, 255) & (q == q.round())), 'quality', lambda m: [f"{_show(v)} is not a quality flag; use 0 (good), 1 (suspect) or 2 (bad)" for v in quality[m]])
+    flag(quality.notna() & ~(q.between(0, 255) & (q == q.round())), 'quality', lambda m: [f"{show_value(v)} is not a quality flag; use 0 (good), 1 (suspect) or 2 (bad)" for v in quality[m]])
     _flag_duplicates(df, ts, reason, fld)
     ok = reason == None
     errors = [RecordError(int(i), fld[i], reason[i]) for i in np.flatnonzero(~ok)]

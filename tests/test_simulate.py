@@ -120,7 +120,7 @@ def test_progress_bar_runs():
 # ---------------------------------------------------------------- physics of healthy pumps
 
 def test_healthy_signals_are_physical(Z):
-    v, q = Z; a = S._assets(Z_SPEC)
+    v, q = Z; a = S.fleet_assets(Z_SPEC)
     assert (q == 0).all() and not np.isnan(v).all(axis=(0, 1)).any()
     assert np.nanmin(v[..., SI['discharge_pressure']] - v[..., SI['suction_pressure']]) > 0.5
     flow = v[..., SI['flow']]

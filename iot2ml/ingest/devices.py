@@ -16,6 +16,7 @@ from typing import Callable, Literal
 from fastcore.basics import patch
 from ..config import Settings, load_settings, private
 from ..schema import ID_RE
+from ..errors import Iot2mlError
 
 # %% auto #0
 __all__ = ['TOKEN_PREFIX', 'MOSQ_ITERATIONS', 'INGEST_USER', 'TELEMETRY_TOPIC', 'INGEST_TOPICS', 'new_token', 'hash_token',
@@ -53,7 +54,7 @@ def mosquitto_verify(password:str, hashed:str) -> bool:
     return hmac.compare_digest(got, base64.b64decode(dk))
 
 # %% ../../nbs/ingest/01_devices.ipynb #98d58d8a
-class RegistryError(ValueError):
+class RegistryError(Iot2mlError, ValueError):
     "A device, gateway or admin is unknown, exists already or has a bad id or expiry; the message says what to do."
 
 INGEST_USER = 'iot2ml-ingest'  # the MQTT user of the ingester (iot2ml mqtt)
@@ -294,7 +295,7 @@ def rotate(self:Registry, subject:str, # a device, gateway or admin
         return self._issue(subject, role, expires_in)
 
 # %% ../../nbs/ingest/01_devices.ipynb #16edeeaf
-class AuthError(Exception):
+class AuthError(Iot2mlError):
     "A token is missing, unknown, expired (401) or revoked (403), or may not do what it asks (403)."
     def __init__(self, status:int, message:str):
         super().__init__(message)

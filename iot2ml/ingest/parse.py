@@ -9,7 +9,8 @@ from __future__ import annotations
 import io, json, operator, re, time
 import numpy as np, orjson, pandas as pd, pyarrow as pa, pyarrow.compute as pc, pyarrow.csv as pacsv
 
-from ..schema import REQUIRED, RecordError, Validated, validate, LONG_SCHEMA, TS_TYPE, MIN_TS, MAX_AHEAD, ID_CHARS, Limits, _epoch_to_us, _show
+from ..schema import REQUIRED, RecordError, Validated, validate, LONG_SCHEMA, TS_TYPE, MIN_TS, MAX_AHEAD, ID_CHARS, Limits, epoch_to_us, show_value
+from ..errors import InputError
 
 # %% auto #0
 __all__ = ['META', 'COLUMNS', 'CONTENT_TYPES', 'ParseError', 'Parsed', 'from_records', 'parse_json', 'parse_ndjson',
@@ -18,7 +19,7 @@ __all__ = ['META', 'COLUMNS', 'CONTENT_TYPES', 'ParseError', 'Parsed', 'from_rec
 # %% ../../nbs/ingest/00_parse.ipynb #edbf7582
 META = ('device_id', 'ts', 'unit', 'quality')
 
-class ParseError(ValueError):
+class ParseError(InputError):
     "The body as a whole cannot be read (not JSON, not CSV, wrong shape); the message says what to send."
 
 class Parsed:
@@ -202,7 +203,7 @@ def _times(col, now_ns:int) -> tuple[pa.Array, np.ndarray]|None:
     elif set(map(type, col)) <= _NUM:
         x = np.array(col, dtype='float64')
         if not np.isfinite(x).all() or np.abs(x).max() >= 9e18: return None
-        us = _epoch_to_us(x); ts = pa.array(us, pa.int64()).view(TS_TYPE)
+        us = epoch_to_us(x); ts = pa.array(us, pa.int64()).view(TS_TYPE)
     else: return None
     if us.min() < _MIN_US or us.max() > (now_ns + MAX_AHEAD.value) // 1000: return None
     return ts, us
@@ -283,7 +284,7 @@ def check_parsed(p:Parsed, now:pd.Timestamp|None=None, assume_tz:str|None=None, 
         r = int(rec[e.index])
         if per_record[r] == 1 or e.field == 'sensor': errors.append(RecordError(r, e.field, e.message)); continue
         s = sensors[e.index]
-        name = s if isinstance(s, str) and len(s) <= 40 and _ID.fullmatch(s) else _show(s)
+        name = s if isinstance(s, str) and len(s) <= 40 and _ID.fullmatch(s) else show_value(s)
         errors.append(RecordError(r, e.field, f"(sensor {name}) {e.message}"))
     errors = _one_per_record(errors)
     table, acc = res.table, rec[res.accepted]

@@ -19,7 +19,7 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['record_json', 'DeadLetters', 'reason_kind', 'letter_rejects', 'Route', 'load_function', 'fahrenheit_to_celsius',
-           'hydraulic_power', 'Outcome', 'Ingestor']
+           'hydraulic_power', 'Outcome', 'apply_transform', 'Ingestor']
 
 # %% ../../nbs/ingest/03_routing.ipynb #1c57b69a
 _MAX_DEPTH = 32       # nesting kept of a record that JSON cannot hold as it was sent
@@ -308,7 +308,7 @@ class Outcome:
         return {'records': self.records, 'accepted': self.accepted, 'rejected': len(self.errors),
                 'errors': [{'index': e.index, 'field': e.field, 'reason': e.message} for e in self.errors]}
 
-def _apply(fn:Callable, name:str, df:pd.DataFrame) -> tuple[pd.DataFrame, list[RecordError]]:
+def apply_transform(fn:Callable, name:str, df:pd.DataFrame) -> tuple[pd.DataFrame, list[RecordError]]:
     "Apply transform `fn` to `df`; if it raises, apply it per record and report the records it fails on."
     try: return fn(df), []
     except Exception:
@@ -351,7 +351,7 @@ class Ingestor:
             if not m.any(): continue
             part = df[m]
             for t in r.transforms:
-                part, errs = _apply(self._fns[t], t, part); errors += errs
+                part, errs = apply_transform(self._fns[t], t, part); errors += errs
             for dest in r.to: out.setdefault(dest, []).append(part)
             if r.stop: taken |= m
         if (~taken).any():

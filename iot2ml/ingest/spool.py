@@ -66,7 +66,7 @@ from typing import Callable
 import pandas as pd, pyarrow as pa
 
 from iot2ml.config import private
-from iot2ml.lake.store import Lake, _as_raw
+from iot2ml.lake.store import Lake, as_raw
 from iot2ml.schema import RAW_SCHEMA
 
 __all__ = ['SpoolFull', 'SpooledWriter', 'read_segment']
@@ -243,7 +243,7 @@ class SpooledWriter:
         if not isinstance(table, pa.Table): raise TypeError(f"append takes a pyarrow Table, not {type(table).__name__}")
         if table.schema.equals(RAW_SCHEMA): 
             if table.schema.metadata: table = table.replace_schema_metadata(None)
-        else: table = _as_raw(table, pd.Timestamp.now(tz='UTC'))
+        else: table = as_raw(table, pd.Timestamp.now(tz='UTC'))
         record = _encode(table)
         fut = concurrent.futures.Future(); n = _HDR.size + record[1].size
         with self._cond:

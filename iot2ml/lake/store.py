@@ -15,18 +15,19 @@ import duckdb, numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc, 
 
 from ..config import Settings, load_settings
 from ..schema import KEY, LONG_SCHEMA, RAW_SCHEMA, TS_TYPE, to_wide
+from ..errors import Iot2mlError
 
 # %% auto #0
 __all__ = ['TIERS', 'HOURLY_SCHEMA', 'SQL_TIMEOUT', 'SQL_MEMORY_LIMIT', 'LakeError', 'atomic_path', 'write_json', 'DatasetInfo',
-           'Lake', 'Landed', 'split_by_date', 'refresh', 'catalog', 'compact', 'process', 'publish_hourly', 'read',
-           'connect', 'SqlRefused', 'SqlTimeout', 'sql', 'aggregate', 'write_reference', 'reference_table',
-           'default_lake', 'read_lake', 'sql_lake', 'snapshot']
+           'Lake', 'Landed', 'as_raw', 'split_by_date', 'catalog_entry', 'refresh', 'catalog', 'compact', 'process',
+           'publish_hourly', 'read', 'connect', 'SqlRefused', 'SqlTimeout', 'sql', 'aggregate', 'write_reference',
+           'reference_table', 'default_lake', 'read_lake', 'sql_lake', 'snapshot']
 
 # %% ../../nbs/lake/00_store.ipynb #d0f1514d
 TIERS = ('raw', 'processed', 'published')
 _DATE_RE = re.compile(r'^date=(\d{4}-\d{2}-\d{2})$')
 
-class LakeError(ValueError):
+class LakeError(Iot2mlError, ValueError):
     "A lake operation cannot be done as asked; the message says why and what to do."
 
 def _check_name(name:str, what:str='dataset') -> str:
@@ -138,7 +139,7 @@ class Landed:
     "What `Lake.land` did."
     batch_id: str; rows: int; files: list[Path]; skipped: bool = False
 
-def _as_raw(table:pa.Table, arrival) -> pa.Table:
+def as_raw(table:pa.Table, arrival) -> pa.Table:
     "Cast a long-form table to the raw schema; a table without `arrival_ts` gets `arrival`."
     missing = [c for c in LONG_SCHEMA.names if c not in table.column_names]
     for c in ('unit', 'quality'):
@@ -179,7 +180,7 @@ def _land(self:Lake, table:pa.Table,       # readings in long form (validated), 
     if marker.exists():
         m = json.loads(marker.read_text())
         return Landed(batch_id, m['rows'], [base/f for f in m['files']], skipped=True)
-    table = _as_raw(table, pd.Timestamp.now(tz='UTC') if arrival is None else arrival)
+    table = as_raw(table, pd.Timestamp.now(tz='UTC') if arrival is None else arrival)
     files = [self.write_parquet(part, base/f'date={day}'/f'{batch_id}.parquet') for day, part in split_by_date(table).items()]
     write_json(marker, {'batch_id': batch_id, 'rows': table.num_rows, 'files': [str(f.relative_to(base)) for f in files]}, self.fsync)
     self._note_landed(dataset, table, len(files))
@@ -204,7 +205,7 @@ def _catalog_lock(self:Lake):
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 Lake._catalog_lock = _catalog_lock
 
-def _entry(cat:dict, tier:str, name:str, schema:pa.Schema, produced_by:str, **kw) -> dict:
+def catalog_entry(cat:dict, tier:str, name:str, schema:pa.Schema, produced_by:str, **kw) -> dict:
     desc, tags = _DESCRIPTIONS.get((tier, name), ('', []))
     e = cat.setdefault(f'{tier}/{name}', dict(name=name, tier=tier, tags=tags, owner='iot2ml', description=desc,
                                              produced_by=produced_by, rows=0, files=0, start=None, end=None))
@@ -215,7 +216,7 @@ def _entry(cat:dict, tier:str, name:str, schema:pa.Schema, produced_by:str, **kw
 def _note_landed(self:Lake, dataset:str, table:pa.Table, files:int):
     "Add a landed batch's rows, files and time range to the catalog (no directory listing: landing stays O(batch))."
     with self._catalog_lock() as cat:
-        e = _entry(cat, 'raw', dataset, RAW_SCHEMA, 'iot2ml.lake.store.Lake.land')
+        e = catalog_entry(cat, 'raw', dataset, RAW_SCHEMA, 'iot2ml.lake.store.Lake.land')
         e['rows'] += table.num_rows; e['files'] += files
         if table.num_rows:
             lo, hi = (v.as_py().isoformat() for v in pc.min_max(table.column('ts')).values())
@@ -242,7 +243,7 @@ def refresh(self:Lake, tier:str, dataset:str, produced_by:str|None=None, col:str
     rows, lo, hi = _footer_stats(files, col)
     schema = pq.read_schema(files[0]) if files else (RAW_SCHEMA if tier == 'raw' else LONG_SCHEMA)
     with self._catalog_lock() as cat:
-        e = _entry(cat, tier, dataset, schema, produced_by or 'iot2ml.lake.store')
+        e = catalog_entry(cat, tier, dataset, schema, produced_by or 'iot2ml.lake.store')
         e.update(rows=rows, files=len(files), start=lo, end=hi)
         if produced_by: e['produced_by'] = produced_by
         return dict(e)
@@ -478,7 +479,7 @@ def write_reference(self:Lake, name:str, df:pd.DataFrame, produced_by:str='iot2m
     t = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
     dest = self.write_parquet(t, self.reference/f'{_check_name(name, "reference table")}.parquet')
     with self._catalog_lock() as cat:
-        e = _entry(cat, 'reference', name, t.schema, produced_by, rows=t.num_rows, files=1)
+        e = catalog_entry(cat, 'reference', name, t.schema, produced_by, rows=t.num_rows, files=1)
         tcol = next((c for c in ('ts', 'install_date', 'onset') if c in df), None)
         if tcol is not None and len(df): e.update(start=str(pd.Timestamp(df[tcol].min())), end=str(pd.Timestamp(df[tcol].max())))
     return dest

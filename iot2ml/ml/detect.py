@@ -14,13 +14,14 @@ from sklearn.base import BaseEstimator
 from sklearn.covariance import MinCovDet, LedoitWolf
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
+from ..errors import StateError
 
 # %% auto #0
 __all__ = ['DETECTORS', 'NotFittedError', 'holt_residuals', 'fit_holt', 'robust_center_scale', 'k_of_n', 'hysteresis', 'Detector',
            'PCADetector', 'MahalanobisDetector', 'IForestDetector', 'ForecastDetector', 'AutoDetector', 'make_detector']
 
 # %% ../../nbs/ml/03_detect.ipynb #cd4b52f8
-class NotFittedError(ValueError):
+class NotFittedError(StateError, ValueError):
     "A detector was used before `fit`."
 
 def _check_frame(X, what='X') -> pd.DataFrame:

@@ -11,12 +11,13 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 import yaml
+from ..errors import Iot2mlError
 
 # %% auto #0
 __all__ = ['ALIASES', 'RegistryError', 'utcnow', 'sha256_file', 'write_atomic', 'project_lineage', 'ModelRegistry', 'new_run_id']
 
 # %% ../../nbs/ml/06_registry.ipynb #629a7bf8
-class RegistryError(Exception):
+class RegistryError(Iot2mlError):
     "A model version or alias is unknown, or the registry's state forbids the action; the message says what to do."
 
 def utcnow() -> str:

@@ -17,6 +17,7 @@ from croniter import croniter
 
 from ..config import ConfigError, JobSettings, PromoteParams, SchedulerSettings, Settings, load_params
 from .registry import ModelRegistry, RegistryError, new_run_id, project_lineage, utcnow
+from ..errors import Iot2mlError
 
 # %% auto #0
 __all__ = ['JOB_ARGS', 'JOBS', 'holdout', 'Unscorable', 'score_model', 'score_bundle', 'Gate', 'gate', 'stage_notebooks',
@@ -153,7 +154,7 @@ def repro_failure(root:Path|str, stages:list[str], log_file:Path|str, run_dir:Pa
     return out
 
 # %% ../../nbs/ml/07_retrain.ipynb #49e55b46
-class RetrainFailed(RuntimeError):
+class RetrainFailed(Iot2mlError, RuntimeError):
     "A retrain run failed; `.run` is its record. The champion did not change."
     def __init__(self, run:dict): self.run = run; super().__init__(run['reason'])
 

@@ -53,10 +53,10 @@ from itertools import repeat
 
 import numpy as np, orjson, pandas as pd, pyarrow as pa, pyarrow.compute as pc
 
-from iot2ml.ingest.routing import Outcome, _apply
-from iot2ml.lake.store import _as_raw
+from iot2ml.ingest.routing import Outcome, apply_transform
+from iot2ml.lake.store import as_raw
 from iot2ml.ingest.parse import check_parsed, from_records
-from iot2ml.schema import ID_CHARS, LONG_SCHEMA, MAX_AHEAD, MIN_TS, RecordError, TS_TYPE, _epoch_to_us
+from iot2ml.schema import ID_CHARS, LONG_SCHEMA, MAX_AHEAD, MIN_TS, RecordError, TS_TYPE, epoch_to_us
 from iot2ml.serve.runtime import Service
 from iot2ml.ingest.spool import SpoolFull
 
@@ -575,7 +575,7 @@ class MqttIngester:
             if t.num_rows: parts.append(t)
         table = (parts[0] if len(parts) == 1 else pa.concat_tables(parts)) if parts else LONG_SCHEMA.empty_table()
         if table.num_rows: table = self._sensor_cap(table, errors)
-        raw = _as_raw(table, now)
+        raw = as_raw(table, now)
         tables = self._route(raw, topics, errors, recs, items, owner) if self.svc.ingestor.routes else {d: raw for d in self.svc.ingestor.default_to}
         if errors: self._deadletter(errors, msgs, None, topics, items, recs, owner)
         rejected = sum(len({e.index for e in es}) for es in errors.values())
@@ -647,7 +647,7 @@ class MqttIngester:
         if tt == {str}: us, ok = _cast_ts(ts); bad |= ~ok
         elif tt <= _NUMT:
             x = _floats(ts); ok = np.isfinite(x); bad |= ~ok
-            us[ok] = _epoch_to_us(x[ok])
+            us[ok] = epoch_to_us(x[ok])
         else:
             si = [k for k, t in enumerate(ts) if type(t) is str]; ni = [k for k, t in enumerate(ts) if type(t) in _NUMT]
             bad[[k for k, t in enumerate(ts) if type(t) not in _NUMT and type(t) is not str]] = True
@@ -655,7 +655,7 @@ class MqttIngester:
                 u_, ok = _cast_ts([ts[k] for k in si]); us[si] = u_; bad[np.array(si)[~ok]] = True
             if ni:
                 x = _floats([ts[k] for k in ni]); ok = np.isfinite(x); ni = np.array(ni)
-                us[ni[ok]] = _epoch_to_us(x[ok]); bad[ni[~ok]] = True
+                us[ni[ok]] = epoch_to_us(x[ok]); bad[ni[~ok]] = True
         bad |= (us < _MIN_US) | (us > now_us + _AHEAD_US)
         unit_ok = set(map(type, unit)) <= _UNITT
         if not unit_ok: flag(unit, lambda u: type(u) in _UNITT)
@@ -750,7 +750,7 @@ class MqttIngester:
             msk = r.mask(df, topic[df.index], types) & ~taken
             if not msk.any(): continue
             part = df[msk]
-            for t in r.transforms: part, errs = _apply(ing._fns[t], t, part); terrs += errs
+            for t in r.transforms: part, errs = apply_transform(ing._fns[t], t, part); terrs += errs
             for dest in r.to: out.setdefault(dest, []).append(part)
             if r.stop: taken |= msk
         if (~taken).any():
@@ -765,7 +765,7 @@ class MqttIngester:
         for dest, ps in out.items():
             d = pd.concat(ps, ignore_index=True)
             if badr: d = d[~d['record'].isin(badr)]
-            res[dest] = _as_raw(pa.Table.from_pandas(d.drop(columns='record'), preserve_index=False), raw['arrival_ts'][0].as_py() if raw.num_rows else None)
+            res[dest] = as_raw(pa.Table.from_pandas(d.drop(columns='record'), preserve_index=False), raw['arrival_ts'][0].as_py() if raw.num_rows else None)
         return res
 
     def _deadletter(self, errors:dict, msgs:list, payloads:dict|None, topics:list, items=None, recs=None, owner=None):

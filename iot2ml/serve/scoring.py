@@ -374,9 +374,9 @@ class Predictor:
 
 def _note_scores(lake:Lake, dataset:str, table:pa.Table, files:int) -> None:
     "Add a pass's rows, files and time range to the lake catalog (no directory listing, as `Lake.land` does)."
-    from iot2ml.lake.store import _entry
+    from iot2ml.lake.store import catalog_entry
     with lake._catalog_lock() as cat:
-        e = _entry(cat, 'raw', dataset, SCORES_SCHEMA, 'iot2ml.serve.scoring.Scorer')
+        e = catalog_entry(cat, 'raw', dataset, SCORES_SCHEMA, 'iot2ml.serve.scoring.Scorer')
         if not e.get('description'):
             e.update(description='Champion model scores of the live stream: one row per device and scoring pass (risk, alert, RUL, anomaly, model version).',
                      tags=['scores', 'derived'])

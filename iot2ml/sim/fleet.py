@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['SENSORS', 'UNITS', 'DECIMALS', 'EQUIPMENT_FAULTS', 'SENSOR_FAULTS', 'TS_TYPE', 'SCHEMA', 'DAY_US', 'PUMP_MODELS',
            'MOTOR_KW', 'RHO_G', 'ETA_MOTOR', 'VOLTS', 'PF_RATED', 'TAU_BEARING_S', 'FleetSpec', 'hydraulic_kw',
-           'device_ids', 'asset_registry', 'operating_point', 'speed_for', 'efficiency', 'motor', 'demand_profile',
-           'ambient_temp', 'fault_schedule', 'maintenance_log', 'clock_skew', 'iter_batches', 'simulate']
+           'device_ids', 'fleet_assets', 'asset_registry', 'operating_point', 'speed_for', 'efficiency', 'motor',
+           'demand_profile', 'ambient_temp', 'fault_schedule', 'maintenance_log', 'clock_skew', 'iter_batches',
+           'simulate']
 
 # %% ../../nbs/sim/00_fleet.ipynb #97deb3dd
 SENSORS = ('suction_pressure','discharge_pressure','flow','motor_current','power','vibration_rms','bearing_temp')
@@ -102,7 +103,7 @@ def hydraulic_kw(q, # flow (m3/h)
 def device_ids(n:int) -> list[str]: "Device ids of `n` pumps."; return [f"pump-{i+1:04d}" for i in range(n)]
 
 # %% ../../nbs/sim/00_fleet.ipynb #bb6ac62a
-def _assets(spec:FleetSpec) -> dict:
+def fleet_assets(spec:FleetSpec) -> dict:
     "Per-pump (and per-site) parameters: the nameplate data of the registry and the hidden physics."
     g, P, rng = _grid(spec), spec.pumps, _rng(spec, 'assets')
     ns = max(1, round(P/5)); site = np.arange(P)*ns//P
@@ -126,7 +127,7 @@ def _assets(spec:FleetSpec) -> dict:
 # %% ../../nbs/sim/00_fleet.ipynb #c495980a
 def asset_registry(spec:FleetSpec) -> pd.DataFrame:
     "One row per pump: device, site, model, install date, nameplate ratings and location."
-    a = _assets(spec)
+    a = fleet_assets(spec)
     return pd.DataFrame({'device_id': device_ids(a['P']), 'site': [f"site-{i+1:02d}" for i in a['site']],
         'model': PUMP_MODELS.model.to_numpy()[a['model']],
         'install_date': pd.to_datetime(a['install'], unit='us', utc=True).normalize().astype('datetime64[us, UTC]'),
@@ -297,7 +298,7 @@ class _Fleet:
 
 def _fleet(spec:FleetSpec) -> _Fleet:
     "Everything fixed for a simulation run of `spec`."
-    g, a = _grid(spec), _assets(spec); s = _schedule(spec); one = np.ones(a['P'])
+    g, a = _grid(spec), fleet_assets(spec); s = _schedule(spec); one = np.ones(a['P'])
     lvl = RHO_G*a['level'][a['site']]/1e5
     ref = np.stack([lvl, lvl + RHO_G*a['hr']/1e5, a['qr'], a['i_rated'], a['p_rated'], a['v0'], 50*one])
     lo = np.stack([-1*one, 0*one, 0*one, 0*one, 0*one, 0*one, -20*one])

@@ -12,7 +12,7 @@ import json, math, socket, struct, threading, time
 from dataclasses import dataclass
 import numpy as np, orjson, pandas as pd
 
-from iot2ml.sim.fleet import FleetSpec, SENSORS, UNITS, _assets, demand_profile, speed_for, operating_point, efficiency, motor, hydraulic_kw, device_ids
+from iot2ml.sim.fleet import FleetSpec, SENSORS, UNITS, fleet_assets, demand_profile, speed_for, operating_point, efficiency, motor, hydraulic_kw, device_ids
 
 __all__ = ['LiveFleet', 'RawPublisher', 'run_mqtt', 'run_http', 'replay_batches', 'run_replay_http']
 
@@ -20,7 +20,7 @@ class LiveFleet:
     "Vectorised per-tick readings for `pumps` simulated pumps (the same fleet as `FleetSpec(pumps, seed)`)."
     def __init__(self, pumps:int, seed:int=42):
         self.spec = FleetSpec(pumps=pumps, days=1, seed=seed)
-        self.a = _assets(self.spec); self.ids = device_ids(pumps); self.rng = np.random.default_rng(seed + 1)
+        self.a = fleet_assets(self.spec); self.ids = device_ids(pumps); self.rng = np.random.default_rng(seed + 1)
 
     def tick(self, t:pd.Timestamp|None=None) -> list[dict]:
         "One wide reading per device at time `t` (default: now, UTC)."
