@@ -1,4 +1,5 @@
-"""The Parquet lake: raw, processed and published tiers, Hive-partitioned by event date; atomic, idempotent landing; compaction; deduplication; a catalog; and `read`/`sql` for notebooks.
+"""The Parquet lake: raw, processed and published tiers, Hive-partitioned by event date; atomic, idempotent landing;
+compaction; deduplication; a catalog; and `read`/`sql` for notebooks.
 
 Docs: https://iot2ml.github.io/iot2ml/lake/store.html.md"""
 
@@ -6,22 +7,23 @@ Docs: https://iot2ml.github.io/iot2ml/lake/store.html.md"""
 
 # %% ../../nbs/lake/00_store.ipynb #7c448a21
 from __future__ import annotations
-import contextlib, fcntl, hashlib, json, os, re, shutil, subprocess, sys, threading
+import contextlib, fcntl, hashlib, json, os, re, subprocess, sys, threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import duckdb, numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
+from fastcore.basics import patch
 
-from ..config import Settings, load_settings
-from ..schema import KEY, LONG_SCHEMA, RAW_SCHEMA, TS_TYPE, to_wide
-from ..errors import Iot2mlError
+from ..config import Settings, load_settings, suggest
+from ..schema import LONG_SCHEMA, RAW_SCHEMA, TS_TYPE, to_wide
+from ..errors import Iot2mlError, NotFound
+from .._io import atomic_path, write_json   # re-exported: other rooms import them from here
 
 # %% auto #0
-__all__ = ['TIERS', 'HOURLY_SCHEMA', 'SQL_TIMEOUT', 'SQL_MEMORY_LIMIT', 'LakeError', 'atomic_path', 'write_json', 'DatasetInfo',
-           'Lake', 'Landed', 'as_raw', 'split_by_date', 'catalog_entry', 'refresh', 'catalog', 'compact', 'process',
-           'publish_hourly', 'read', 'connect', 'SqlRefused', 'SqlTimeout', 'sql', 'aggregate', 'write_reference',
-           'reference_table', 'default_lake', 'read_lake', 'sql_lake', 'snapshot']
+__all__ = ['TIERS', 'HOURLY_SCHEMA', 'SQL_TIMEOUT', 'SQL_MEMORY_LIMIT', 'LakeError', 'DatasetNotFound', 'DatasetInfo', 'Lake',
+           'Landed', 'as_raw', 'split_by_date', 'catalog_entry', 'SqlRefused', 'SqlTimeout', 'default_lake',
+           'read_lake', 'sql_lake', 'snapshot']
 
 # %% ../../nbs/lake/00_store.ipynb #d0f1514d
 TIERS = ('raw', 'processed', 'published')
@@ -30,44 +32,30 @@ _DATE_RE = re.compile(r'^date=(\d{4}-\d{2}-\d{2})$')
 class LakeError(Iot2mlError, ValueError):
     "A lake operation cannot be done as asked; the message says why and what to do."
 
+class DatasetNotFound(LakeError, NotFound):
+    "A dataset, reference table or data folder that was asked for is not in the lake."
+
 def _check_name(name:str, what:str='dataset') -> str:
     if not re.fullmatch(r'[a-z][a-z0-9_]{0,63}', name or ''):
-        raise LakeError(f"{what} name {name!r} is not valid; use lowercase letters, digits and '_', starting with a letter")
+        raise LakeError(f"{what} name {name!r} is not valid; "
+                        "use lowercase letters, digits and '_', starting with a letter")
     return name
-
-# %% ../../nbs/lake/00_store.ipynb #59956f06
-def _fsync_dir(path:Path):
-    fd = os.open(path, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
-
-@contextlib.contextmanager
-def atomic_path(dest:Path|str, fsync:bool=True):
-    "Yield a temporary path beside `dest`; on success it is synced and renamed to `dest`."
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f'.{dest.name}.{os.getpid()}.tmp')
-    try:
-        yield tmp
-        if fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try: os.fsync(fd)
-            finally: os.close(fd)
-        os.replace(tmp, dest)
-        if fsync: _fsync_dir(dest.parent)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
-def write_json(path:Path|str, obj, fsync:bool=True):
-    "Write `obj` as stable, sorted JSON atomically."
-    with atomic_path(path, fsync) as tmp: Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + '\n')
 
 # %% ../../nbs/lake/00_store.ipynb #af2b6da4
 @dataclass
 class DatasetInfo:
     "A catalog entry."
-    name: str; tier: str
-    schema: list; tags: list; owner: str; description: str; produced_by: str
-    rows: int = 0; files: int = 0; start: str|None = None; end: str|None = None
+    name: str
+    tier: str
+    schema: list
+    tags: list
+    owner: str
+    description: str
+    produced_by: str
+    rows: int = 0
+    files: int = 0
+    start: str|None = None
+    end: str|None = None
 
     @property
     def key(self) -> str: return f"{self.tier}/{self.name}"
@@ -84,9 +72,13 @@ class Lake:
     "The Parquet lake under `root`: tiers of Hive-partitioned datasets, a catalog, and reference tables."
     def __init__(self, root:Path|str,            # the lake folder (data/lake)
                  reference:Path|str|None=None,   # reference tables folder (default: ../reference beside the lake)
-                 compression:str='zstd', compression_level:int=3, row_group_rows:int=1_000_000,
-                 compact_min_files:int=8, fsync:bool=True):
-        self.root = Path(root); self.reference = Path(reference) if reference else self.root.parent/'reference'
+                 compression:str='zstd',         # Parquet codec ('none' for none)
+                 compression_level:int=3,        # the codec's level (zstd and gzip only)
+                 row_group_rows:int=1_000_000,   # rows per Parquet row group
+                 compact_min_files:int=8,        # `compact` merges a partition with at least this many files
+                 fsync:bool=True):               # sync every file written (off for a throwaway lake)
+        self.root = Path(root)
+        self.reference = Path(reference) if reference else self.root.parent/'reference'
         self.compression, self.level, self.row_group_rows = compression, compression_level, row_group_rows
         self.compact_min_files, self.fsync = compact_min_files, fsync
 
@@ -98,6 +90,7 @@ class Lake:
                    s.lake.row_group_rows, s.lake.compact_min_files)
 
     def __repr__(self): return f"Lake({str(self.root)!r})"
+
     def path(self, tier:str, dataset:str) -> Path:
         "Folder of `dataset` in `tier`."
         if tier not in TIERS: raise LakeError(f"tier {tier!r} is not one of {', '.join(TIERS)}")
@@ -120,40 +113,55 @@ class Lake:
                 if (lo is None or day >= lo) and (hi is None or day <= hi) for f in fs]
 
 # %% ../../nbs/lake/00_store.ipynb #9739ff0b
+@patch
 def _write_options(self:Lake, table:pa.Table) -> dict:
     comp = None if self.compression == 'none' else self.compression
     return dict(compression=comp, compression_level=self.level if comp in ('zstd', 'gzip') else None,
                 row_group_size=self.row_group_rows, write_statistics=True,
                 use_dictionary=[c for c in ('device_id', 'sensor', 'unit') if c in table.column_names])
-Lake._write_options = _write_options
 
-def _write_parquet(self:Lake, table:pa.Table, dest:Path) -> Path:
+@patch
+def write_parquet(self:Lake, table:pa.Table, dest:Path) -> Path:
     "Write `table` to `dest` atomically."
     with atomic_path(dest, self.fsync) as tmp: pq.write_table(table, tmp, **self._write_options(table))
     return dest
-Lake.write_parquet = _write_parquet
 
 # %% ../../nbs/lake/00_store.ipynb #4e334aba
 @dataclass
 class Landed:
     "What `Lake.land` did."
-    batch_id: str; rows: int; files: list[Path]; skipped: bool = False
+    batch_id: str
+    rows: int
+    files: list[Path]
+    skipped: bool = False
+
+def _fill_optional(table:pa.Table) -> pa.Table:
+    "`table` with the optional columns it lacks: `unit` (null) and `quality` (0)."
+    n = len(table)
+    if 'unit' not in table.column_names:
+        table = table.append_column('unit', pa.nulls(n, LONG_SCHEMA.field('unit').type))
+    if 'quality' not in table.column_names: table = table.append_column('quality', pa.array(np.zeros(n, 'uint8')))
+    return table
 
 def as_raw(table:pa.Table, arrival) -> pa.Table:
     "Cast a long-form table to the raw schema; a table without `arrival_ts` gets `arrival`."
+    table = _fill_optional(table)
     missing = [c for c in LONG_SCHEMA.names if c not in table.column_names]
-    for c in ('unit', 'quality'):
-        if c in missing: table = table.append_column(c, pa.nulls(len(table), LONG_SCHEMA.field(c).type) if c == 'unit' else pa.array(np.zeros(len(table), 'uint8')))
-    missing = [c for c in LONG_SCHEMA.names if c not in table.column_names]
-    if missing: raise LakeError(f"the batch has no column {', '.join(map(repr, missing))}; readings need {', '.join(LONG_SCHEMA.names[:4])}")
+    if missing:
+        raise LakeError(f"the batch has no column {', '.join(map(repr, missing))}; "
+                        f"readings need {', '.join(LONG_SCHEMA.names[:4])}")
     if 'arrival_ts' not in table.column_names:
-        table = table.append_column('arrival_ts', pa.array(np.full(len(table), _utc(arrival).value // 1000), pa.int64()).cast(TS_TYPE))
+        at = pa.array(np.full(len(table), _utc(arrival).value // 1000), pa.int64()).cast(TS_TYPE)
+        table = table.append_column('arrival_ts', at)
     try: return table.select(RAW_SCHEMA.names).cast(RAW_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise LakeError(f"the batch does not fit the raw schema ({e}); validate it with iot2ml.schema.validate first") from None
+        raise LakeError(f"the batch does not fit the raw schema ({e}); "
+                        "validate it with iot2ml.schema.validate first") from None
 
 def _event_dates(ts:pa.ChunkedArray) -> pa.Array:
     return pc.cast(pc.cast(ts, pa.timestamp('us')), pa.date32())
+
+def _day_name(d) -> str: return str(np.datetime64(int(d), 'D'))
 
 def split_by_date(table:pa.Table) -> dict[str, pa.Table]:
     "The rows of `table` per event date ('YYYY-MM-DD'), in their original order."
@@ -161,37 +169,47 @@ def split_by_date(table:pa.Table) -> dict[str, pa.Table]:
     days = _event_dates(table.column('ts')).cast(pa.int32()).to_numpy()
     bounds = np.r_[0, np.flatnonzero(np.diff(days)) + 1, len(days)]
     run_day = days[bounds[:-1]]
-    name = lambda d: str(np.datetime64(int(d), 'D'))
-    if len(run_day) <= 20_000:   # runs of one date: zero-copy slices, no data copied (late rows come in runs)
-        return {name(d): pa.concat_tables([table.slice(bounds[i], bounds[i+1] - bounds[i]) for i in np.flatnonzero(run_day == d)])
-                for d in np.unique(run_day)}
-    return {name(d): table.filter(pa.array(days == d)) for d in np.unique(run_day)}
+    if len(run_day) > 20_000: return {_day_name(d): table.filter(pa.array(days == d)) for d in np.unique(run_day)}
+    # runs of one date: zero-copy slices, no data copied (late rows come in runs)
+    runs = lambda d: [table.slice(bounds[i], bounds[i+1] - bounds[i]) for i in np.flatnonzero(run_day == d)]
+    return {_day_name(d): pa.concat_tables(runs(d)) for d in np.unique(run_day)}
 
 # %% ../../nbs/lake/00_store.ipynb #5ad08f12
-def _land(self:Lake, table:pa.Table,       # readings in long form (validated), with or without arrival_ts
-          batch_id:str,                    # names the batch; landing the same id again is a no-op
-          dataset:str='telemetry',         # the raw dataset to land in
-          arrival=None,                    # arrival time for readings without arrival_ts (default: now)
-          ) -> Landed:
-    "Land one batch in the raw tier, split by event date, idempotently."
+def _check_batch_id(batch_id:str) -> str:
     if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._\-]{0,127}', batch_id or ''):
         raise LakeError(f"batch id {batch_id!r} is not valid; use letters, digits, '.', '_' or '-'")
-    base = self.path('raw', dataset); marker = base/'_batches'/f'{batch_id}.json'
+    return batch_id
+
+@patch
+def land(self:Lake, table:pa.Table,       # readings in long form (validated), with or without arrival_ts
+         batch_id:str,                    # names the batch; landing the same id again is a no-op
+         dataset:str='telemetry',         # the raw dataset to land in
+         arrival=None,                    # arrival time for readings without arrival_ts (default: now)
+         ) -> Landed:
+    "Land one batch in the raw tier, split by event date, idempotently."
+    base = self.path('raw', dataset)
+    marker = base/'_batches'/f'{_check_batch_id(batch_id)}.json'
     if marker.exists():
         m = json.loads(marker.read_text())
         return Landed(batch_id, m['rows'], [base/f for f in m['files']], skipped=True)
     table = as_raw(table, pd.Timestamp.now(tz='UTC') if arrival is None else arrival)
-    files = [self.write_parquet(part, base/f'date={day}'/f'{batch_id}.parquet') for day, part in split_by_date(table).items()]
-    write_json(marker, {'batch_id': batch_id, 'rows': table.num_rows, 'files': [str(f.relative_to(base)) for f in files]}, self.fsync)
+    parts = split_by_date(table).items()
+    files = [self.write_parquet(part, base/f'date={day}'/f'{batch_id}.parquet') for day, part in parts]
+    done = {'batch_id': batch_id, 'rows': table.num_rows, 'files': [str(f.relative_to(base)) for f in files]}
+    write_json(marker, done, self.fsync)
     self._note_landed(dataset, table, len(files))
     return Landed(batch_id, table.num_rows, files)
-Lake.land = _land
 
 # %% ../../nbs/lake/00_store.ipynb #9ca23da7
-_DESCRIPTIONS = {('raw', 'telemetry'): ('Readings as received: every batch, duplicates and all, partitioned by event date.', ['telemetry', 'raw']),
-                 ('processed', 'telemetry'): ('Readings deduplicated (the last arrival wins) and sorted by device, sensor and time.', ['telemetry', 'clean']),
-                 ('published', 'telemetry_hourly'): ('Hourly mean, min, max, std, last and count per device and sensor.', ['telemetry', 'aggregate'])}
+_DESCRIPTIONS = {  # (tier, dataset) -> (description, tags) of the datasets iot2ml makes itself
+    ('raw', 'telemetry'): ('Readings as received: every batch, duplicates and all, partitioned by event date.',
+                           ['telemetry', 'raw']),
+    ('processed', 'telemetry'): ('Readings deduplicated (the last arrival wins) and sorted by device, sensor and time.',
+                                 ['telemetry', 'clean']),
+    ('published', 'telemetry_hourly'): ('Hourly mean, min, max, std, last and count per device and sensor.',
+                                        ['telemetry', 'aggregate'])}
 
+@patch
 @contextlib.contextmanager
 def _catalog_lock(self:Lake):
     self.root.mkdir(parents=True, exist_ok=True)
@@ -203,40 +221,46 @@ def _catalog_lock(self:Lake):
             yield cat
             write_json(path, cat, self.fsync)
         finally: fcntl.flock(f, fcntl.LOCK_UN)
-Lake._catalog_lock = _catalog_lock
 
 def catalog_entry(cat:dict, tier:str, name:str, schema:pa.Schema, produced_by:str, **kw) -> dict:
+    "The entry `tier/name` of `cat` (made on first sight), with `schema` and the fields of `kw` that are not None."
     desc, tags = _DESCRIPTIONS.get((tier, name), ('', []))
     e = cat.setdefault(f'{tier}/{name}', dict(name=name, tier=tier, tags=tags, owner='iot2ml', description=desc,
                                              produced_by=produced_by, rows=0, files=0, start=None, end=None))
-    e['schema'] = _schema_list(schema); e.update({k: v for k, v in kw.items() if v is not None})
+    e['schema'] = _schema_list(schema)
+    e.update({k: v for k, v in kw.items() if v is not None})
     return e
 
 # %% ../../nbs/lake/00_store.ipynb #ab34e184
+@patch
 def _note_landed(self:Lake, dataset:str, table:pa.Table, files:int):
     "Add a landed batch's rows, files and time range to the catalog (no directory listing: landing stays O(batch))."
     with self._catalog_lock() as cat:
         e = catalog_entry(cat, 'raw', dataset, RAW_SCHEMA, 'iot2ml.lake.store.Lake.land')
-        e['rows'] += table.num_rows; e['files'] += files
+        e['rows'] += table.num_rows
+        e['files'] += files
         if table.num_rows:
             lo, hi = (v.as_py().isoformat() for v in pc.min_max(table.column('ts')).values())
-            e['start'] = min(filter(None, [e['start'], lo])); e['end'] = max(filter(None, [e['end'], hi]))
-Lake._note_landed = _note_landed
+            e['start'] = min(filter(None, [e['start'], lo]))
+            e['end'] = max(filter(None, [e['end'], hi]))
 
 # %% ../../nbs/lake/00_store.ipynb #76515a04
 def _footer_stats(files:Sequence[Path], col:str='ts') -> tuple[int, str|None, str|None]:
     "Rows and the min/max of `col` over `files`, from the Parquet footers alone (no data pages read)."
     rows, lo, hi = 0, None, None
     for f in files:
-        md = pq.ParquetFile(f).metadata; rows += md.num_rows
+        md = pq.ParquetFile(f).metadata
+        rows += md.num_rows
         i = md.schema.to_arrow_schema().get_field_index(col)
         for g in range(md.num_row_groups if i >= 0 else 0):
             st = md.row_group(g).column(i).statistics
             if st is None or not st.has_min_max: continue
             a, b = _utc(st.min), _utc(st.max)
-            lo = a if lo is None or a < lo else lo; hi = b if hi is None or b > hi else hi
+            lo = a if lo is None or a < lo else lo
+            hi = b if hi is None or b > hi else hi
     return rows, lo and lo.isoformat(), hi and hi.isoformat()
 
+@patch
 def refresh(self:Lake, tier:str, dataset:str, produced_by:str|None=None, col:str='ts') -> dict:
     "Recount a dataset's rows, files and time range from its Parquet footers, into the catalog."
     files = [f for fs in self.partitions(tier, dataset).values() for f in fs]
@@ -247,24 +271,29 @@ def refresh(self:Lake, tier:str, dataset:str, produced_by:str|None=None, col:str
         e.update(rows=rows, files=len(files), start=lo, end=hi)
         if produced_by: e['produced_by'] = produced_by
         return dict(e)
-Lake.refresh = refresh
 
 # %% ../../nbs/lake/00_store.ipynb #f2360f30
+@patch
 def catalog(self:Lake) -> pd.DataFrame:
     "The catalog as a table: one row per dataset."
     path = self.root/'catalog.json'
     cat = json.loads(path.read_text()) if path.exists() else {}
     cols = ['name', 'tier', 'rows', 'files', 'start', 'end', 'tags', 'owner', 'produced_by', 'description', 'schema']
     return pd.DataFrame([cat[k] for k in sorted(cat)], columns=cols)
-Lake.catalog = catalog
 
 # %% ../../nbs/lake/00_store.ipynb #936b14dd
+def _compacted_name(fs:Sequence[Path]) -> str:
+    "The merged file's name: a hash of the names it replaces, so compacting again gives the same name."
+    return 'compacted-' + hashlib.sha1('\n'.join(f.name for f in fs).encode()).hexdigest()[:16] + '.parquet'
+
+@patch
 def compact(self:Lake, dataset:str='telemetry', tier:str='raw', min_files:int|None=None) -> int:
     "Merge the small files of each partition with at least `min_files` files; returns partitions compacted."
-    min_files = min_files or self.compact_min_files; done = 0
+    min_files = min_files or self.compact_min_files
+    done = 0
     for day, fs in self.partitions(tier, dataset).items():
         if len(fs) < min_files: continue
-        name = 'compacted-' + hashlib.sha1('\n'.join(f.name for f in fs).encode()).hexdigest()[:16] + '.parquet'
+        name = _compacted_name(fs)
         table = pa.concat_tables([pq.read_table(f) for f in fs], promote_options='default')
         self.write_parquet(table, fs[0].parent/name)
         for f in fs:
@@ -272,12 +301,12 @@ def compact(self:Lake, dataset:str='telemetry', tier:str='raw', min_files:int|No
         done += 1
     if done: self.refresh(tier, dataset)
     return done
-Lake.compact = compact
 
 # %% ../../nbs/lake/00_store.ipynb #575450d7
 def _con() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(); con.execute("SET TimeZone='UTC'")
-    con.execute("SET enable_progress_bar = false")   # no bar left in notebook outputs; a person may SET it true on a connection
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.execute("SET enable_progress_bar = false")   # no bar left in notebook outputs; a person may SET it true
     return con
 
 def _sig(files:Sequence[Path]) -> str:
@@ -285,10 +314,13 @@ def _sig(files:Sequence[Path]) -> str:
 
 def _paths_sql(files:Sequence[Path]) -> str: return '[' + ', '.join(f"'{f}'" for f in files) + ']'
 
-_DEDUP_SQL = """SELECT device_id, ts, sensor, arg_max(value, k) AS value, arg_max(unit, k) AS unit, arg_max(quality, k) AS quality
-FROM (SELECT *, (arrival_ts, filename, file_row_number) AS k FROM read_parquet({files}, filename=true, file_row_number=true))
+_DEDUP_SQL = """SELECT device_id, ts, sensor, arg_max(value, k) AS value, arg_max(unit, k) AS unit,
+  arg_max(quality, k) AS quality
+FROM (SELECT *, (arrival_ts, filename, file_row_number) AS k
+      FROM read_parquet({files}, filename=true, file_row_number=true))
 GROUP BY device_id, sensor, ts ORDER BY device_id, sensor, ts"""
 
+@patch
 def _rebuild(self:Lake, src:tuple[str, str], dst:tuple[str, str], sql:str, schema:pa.Schema, produced_by:str,
              progress:bool=False) -> list[str]:
     "Rebuild each partition of `dst` whose `src` files changed, with `sql` over them; returns the dates rebuilt."
@@ -304,43 +336,48 @@ def _rebuild(self:Lake, src:tuple[str, str], dst:tuple[str, str], sql:str, schem
         write_json(state_path, state, self.fsync)
     if todo: self.refresh(*dst, produced_by=produced_by)
     return sorted(todo)
-Lake._rebuild = _rebuild
 
+@patch
 def process(self:Lake, dataset:str='telemetry', progress:bool=False) -> list[str]:
     "Deduplicate and sort the changed partitions of raw `dataset` into the processed tier; returns the dates rebuilt."
     return self._rebuild(('raw', dataset), ('processed', dataset), _DEDUP_SQL, LONG_SCHEMA,
                          'iot2ml.lake.store.Lake.process', progress)
-Lake.process = process
 
 # %% ../../nbs/lake/00_store.ipynb #d6c2f921
-HOURLY_SCHEMA = pa.schema([('device_id', pa.string()), ('ts', TS_TYPE), ('sensor', pa.string()), ('mean', pa.float64()),
-                           ('min', pa.float64()), ('max', pa.float64()), ('std', pa.float64()), ('last', pa.float64()), ('count', pa.int64())])
+HOURLY_SCHEMA = pa.schema([('device_id', pa.string()), ('ts', TS_TYPE), ('sensor', pa.string()),
+                           ('mean', pa.float64()), ('min', pa.float64()), ('max', pa.float64()),
+                           ('std', pa.float64()), ('last', pa.float64()), ('count', pa.int64())])
 
 def _agg_sql(source:str, every:str='1 hour', where:str='') -> str:
-    "Group by an integer bucket of epoch microseconds, then make it a timestamp: 4x faster than `time_bucket` on a zoned timestamp."
+    "Group by an integer bucket of epoch microseconds, then make it a timestamp: 4x faster than `time_bucket`."
     us = int(pd.Timedelta(every).total_seconds() * 1_000_000)
     if us <= 0: raise LakeError(f"every={every!r} is not a positive interval; use e.g. '1 hour' or '15 minutes'")
     return f"""SELECT device_id, make_timestamp(b)::TIMESTAMPTZ AS ts, sensor, mean, min, max, std, last, count FROM (
-  SELECT device_id, (epoch_us(ts) // {us}) * {us} AS b, sensor, avg(value) AS mean, min(value) AS min, max(value) AS max,
-    stddev_samp(value) AS std, arg_max(value, ts) AS last, count(*) AS count
+  SELECT device_id, (epoch_us(ts) // {us}) * {us} AS b, sensor, avg(value) AS mean, min(value) AS min,
+    max(value) AS max, stddev_samp(value) AS std, arg_max(value, ts) AS last, count(*) AS count
   FROM {source} {where} GROUP BY device_id, b, sensor) ORDER BY device_id, sensor, ts"""
 
+@patch
 def publish_hourly(self:Lake, dataset:str='telemetry', progress:bool=False) -> list[str]:
     "Hourly aggregates of processed `dataset` into published `<dataset>_hourly`; returns the dates rebuilt."
-    return self._rebuild(('processed', dataset), ('published', f'{dataset}_hourly'),
-                         _agg_sql('read_parquet({files})'), HOURLY_SCHEMA, 'iot2ml.lake.store.Lake.publish_hourly', progress)
-Lake.publish_hourly = publish_hourly
+    return self._rebuild(('processed', dataset), ('published', f'{dataset}_hourly'), _agg_sql('read_parquet({files})'),
+                         HOURLY_SCHEMA, 'iot2ml.lake.store.Lake.publish_hourly', progress)
 
 # %% ../../nbs/lake/00_store.ipynb #8ffd08f4
+def _no_dataset(lake:Lake, dataset:str) -> DatasetNotFound:
+    "The error for a dataset the lake does not hold: a close name from the catalog, or how to land data."
+    path = lake.root/'catalog.json'
+    known = sorted({k.split('/', 1)[1] for k in json.loads(path.read_text())}) if path.exists() else []
+    hint = suggest(dataset, known) if known else "; land data first (iot2ml simulate)"
+    return DatasetNotFound(f"no dataset {dataset!r} in the lake at {lake.root}" + hint)
+
+@patch
 def _tier_of(self:Lake, dataset:str, tier:str|None) -> str:
     if tier: return tier
-    have = [t for t in ('published', 'processed', 'raw') if self.path(t, dataset).exists() and self.partitions(t, dataset)]
-    if not have:
-        known = sorted({k.split('/', 1)[1] for k in json.loads((self.root/'catalog.json').read_text())} if (self.root/'catalog.json').exists() else [])
-        from iot2ml.config import suggest
-        raise LakeError(f"no dataset {dataset!r} in the lake at {self.root}" + (suggest(dataset, known) if known else "; land data first (iot2ml simulate)"))
+    tiers = ('published', 'processed', 'raw')
+    have = [t for t in tiers if self.path(t, dataset).exists() and self.partitions(t, dataset)]
+    if not have: raise _no_dataset(self, dataset)
     return have[0]
-Lake._tier_of = _tier_of
 
 def _in(col:str, values) -> str:
     if isinstance(values, str): values = [values]
@@ -355,34 +392,43 @@ def _where(devices=None, sensors=None, start=None, end=None) -> str:
     return ('WHERE ' + ' AND '.join(conds)) if conds else ''
 
 # %% ../../nbs/lake/00_store.ipynb #bb8d7926
-def read(self:Lake, dataset:str='telemetry', # a dataset name, as in the catalog
-         devices:str|Sequence[str]|None=None,  # device ids to keep (default: all)
-         sensors:str|Sequence[str]|None=None,  # sensors to keep (default: all)
-         start=None,                         # first time (inclusive, UTC unless it says otherwise)
-         end=None,                           # last time (exclusive)
-         wide:bool=False,                    # one column per sensor instead of long form
-         tier:str|None=None,                 # default: the most refined tier that has the dataset
+@patch
+def read(self:Lake, dataset:str='telemetry',          # a dataset name, as in the catalog
+         devices:str|Sequence[str]|None=None,         # device ids to keep (default: all)
+         sensors:str|Sequence[str]|None=None,         # sensors to keep (default: all)
+         start=None,                                  # first time (inclusive, UTC unless it says otherwise)
+         end=None,                                    # last time (exclusive)
+         wide:bool=False,                             # one column per sensor instead of long form
+         tier:str|None=None,                          # default: the most refined tier that has the dataset
          ) -> pd.DataFrame:
     "Readings of `dataset` as pandas, with partition pruning."
     tier = self._tier_of(dataset, tier)
     files = self.files(tier, dataset, start, end)
     if not files: return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in LONG_SCHEMA})
     cols = pq.read_schema(files[0]).names     # telemetry has sensors; derived datasets (scores) may not
-    if sensors is not None and 'sensor' not in cols: raise LakeError(f"dataset {dataset!r} has no sensor column; leave out sensors=")
+    if sensors is not None and 'sensor' not in cols:
+        raise LakeError(f"dataset {dataset!r} has no sensor column; leave out sensors=")
     order = ', '.join(c for c in ('device_id', 'sensor', 'ts') if c in cols)
-    q = f"SELECT * FROM read_parquet({_paths_sql(files)}) {_where(devices, sensors, start, end)}" + (f" ORDER BY {order}" if order else '')
+    q = f"SELECT * FROM read_parquet({_paths_sql(files)}) {_where(devices, sensors, start, end)}"
+    if order: q += f" ORDER BY {order}"
     df = _con().sql(q).df()
     return to_wide(df) if wide else df
-Lake.read = read
 
 # %% ../../nbs/lake/00_store.ipynb #6f9f3b4f
+@patch
+def _datasets(self:Lake, tier:str) -> list[str]:
+    "The datasets of `tier` that hold at least one file, by name."
+    if not (self.root/tier).exists(): return []
+    names = sorted(p.name for p in (self.root/tier).glob('*') if p.is_dir())
+    return [d for d in names if any(self.partitions(tier, d).values())]
+
+@patch
 def connect(self:Lake) -> duckdb.DuckDBPyConnection:
     "A DuckDB connection with a view for every dataset and reference table of the lake."
-    con = _con(); plain = {}
+    con, plain = _con(), {}
     for tier in TIERS:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {tier}")
-        for d in sorted(p.name for p in (self.root/tier).glob('*') if p.is_dir()) if (self.root/tier).exists() else []:
-            if not any(self.partitions(tier, d).values()): continue
+        for d in self._datasets(tier):
             glob = self.path(tier, d)/'date=*'/'*.parquet'
             con.execute(f"CREATE VIEW {tier}.{d} AS SELECT * FROM read_parquet('{glob}', hive_partitioning=false)")
             plain[d] = tier
@@ -392,7 +438,6 @@ def connect(self:Lake) -> duckdb.DuckDBPyConnection:
         for f in sorted(self.reference.glob('*.parquet')):
             con.execute(f"CREATE VIEW reference.{f.stem} AS SELECT * FROM read_parquet('{f}')")
     return con
-Lake.connect = connect
 
 # %% ../../nbs/lake/00_store.ipynb #b3e94f20
 SQL_TIMEOUT, SQL_MEMORY_LIMIT = 300.0, '2GB'    # defaults of `Lake.sql` and `iot2ml sql`
@@ -405,7 +450,8 @@ class SqlTimeout(LakeError):
 
 def _one_line(e:Exception) -> str:
     "A DuckDB error as one line, without the caret lines that point into the query."
-    return ' '.join(l.strip() for l in str(e).splitlines() if l.strip() and not l.strip().startswith(('LINE ', '^')))
+    lines = (l.strip() for l in str(e).splitlines())
+    return ' '.join(l for l in lines if l and not l.startswith(('LINE ', '^')))
 
 # %% ../../nbs/lake/00_store.ipynb #d7a4b9c1
 def _one_select(con:duckdb.DuckDBPyConnection, query:str) -> str:
@@ -413,37 +459,36 @@ def _one_select(con:duckdb.DuckDBPyConnection, query:str) -> str:
     try: stmts = con.extract_statements(query)
     except duckdb.Error as e: raise LakeError(f"the query failed: {_one_line(e)}") from None
     if len(stmts) != 1:
-        raise SqlRefused(f"sql runs exactly one statement and this text has {len(stmts)}; send one SELECT (a ';' ends a statement)")
+        raise SqlRefused(f"sql runs exactly one statement and this text has {len(stmts)}; "
+                         "send one SELECT (a ';' ends a statement)")
     kind = stmts[0].type
     if kind == duckdb.StatementType.MULTI:
-        raise SqlRefused("sql runs read-only queries only and this PIVOT creates a type first; list its values: PIVOT ... ON col IN (...)")
+        raise SqlRefused("sql runs read-only queries only and this PIVOT creates a type first; "
+                         "list its values: PIVOT ... ON col IN (...)")
     if kind != duckdb.StatementType.SELECT:
         raise SqlRefused(f"sql runs read-only queries only and this is a {kind.name} statement; send one SELECT "
                          "(WITH, FROM, DESCRIBE, SUMMARIZE and SHOW count as SELECT)")
     return stmts[0].query
 
 # %% ../../nbs/lake/00_store.ipynb #f4c6b2e8
+@patch
 def _sandbox(self:Lake, memory_limit:str=SQL_MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
     "`connect()`, then locked: only the lake's and reference folder's files, read by queries within `memory_limit`."
     if not re.fullmatch(r'\d+(\.\d+)?\s*[KMGT]i?B', str(memory_limit), re.I):
         raise LakeError(f"memory limit {memory_limit!r} is not a size; use e.g. '2GB' or '500MB'")
-    con = self.connect(); con.execute(f"SET memory_limit = '{memory_limit}'")
+    con = self.connect()
+    con.execute(f"SET memory_limit = '{memory_limit}'")
     dirs = [str(d.resolve()) + os.sep for d in (self.root, self.reference)]   # the separator: not /data/lake2 too
-    for setting in ("temp_directory = ''", "autoinstall_known_extensions = false", "allow_community_extensions = false",
-                    f"allowed_directories = {_paths_sql(dirs)}", "enable_external_access = false", "lock_configuration = true"):
+    for setting in ("temp_directory = ''", "autoinstall_known_extensions = false",
+                    "allow_community_extensions = false", f"allowed_directories = {_paths_sql(dirs)}",
+                    "enable_external_access = false", "lock_configuration = true"):
         con.execute(f"SET {setting}")
     return con
-Lake._sandbox = _sandbox
 
 # %% ../../nbs/lake/00_store.ipynb #6a0e3d57
-def sql(self:Lake, query:str,            # one SELECT (DuckDB dialect); WITH, FROM-first, DESCRIBE, SUMMARIZE are SELECTs too
-        timeout:float=SQL_TIMEOUT,         # seconds before the query is stopped
-        memory_limit:str=SQL_MEMORY_LIMIT, # the most memory the query may use, e.g. '500MB'
-        arrow:bool=False,                  # return an Arrow table instead of pandas
-        ) -> pd.DataFrame|pa.Table:
-    "Run one read-only SELECT over the lake's views in the sandbox; pandas (or Arrow)."
-    if not timeout > 0: raise LakeError(f"timeout={timeout!r} is not a positive number of seconds")
-    con, fired = self._sandbox(memory_limit), threading.Event()
+def _run_select(con:duckdb.DuckDBPyConnection, query:str, timeout:float, arrow:bool) -> pd.DataFrame|pa.Table:
+    "Run the one SELECT of `query` on `con`, interrupted after `timeout` seconds (then `SqlTimeout`)."
+    fired = threading.Event()
     timer = threading.Timer(timeout, lambda: (fired.set(), con.interrupt()))
     timer.daemon = True
     try:
@@ -452,28 +497,44 @@ def sql(self:Lake, query:str,            # one SELECT (DuckDB dialect); WITH, FR
         rel = con.sql(q)
         return rel.to_arrow_table() if arrow else rel.df()
     except duckdb.InterruptException:
-        if fired.is_set(): raise SqlTimeout(f"the query ran longer than {timeout:g} s; narrow it or raise --timeout") from None
+        if fired.is_set():
+            raise SqlTimeout(f"the query ran longer than {timeout:g} s; narrow it or raise --timeout") from None
         raise
+    finally: timer.cancel()
+
+@patch
+def sql(self:Lake, query:str,              # one SELECT (DuckDB dialect); WITH, FROM-first, DESCRIBE, SUMMARIZE too
+        timeout:float=SQL_TIMEOUT,         # seconds before the query is stopped
+        memory_limit:str=SQL_MEMORY_LIMIT, # the most memory the query may use, e.g. '500MB'
+        arrow:bool=False,                  # return an Arrow table instead of pandas
+        ) -> pd.DataFrame|pa.Table:
+    "Run one read-only SELECT over the lake's views in the sandbox; pandas (or Arrow)."
+    if not timeout > 0: raise LakeError(f"timeout={timeout!r} is not a positive number of seconds")
+    con = self._sandbox(memory_limit)
+    try: return _run_select(con, query, timeout, arrow)
+    except duckdb.InterruptException: raise   # not ours (our timer's became SqlTimeout): as it came
     except duckdb.OutOfMemoryException:
-        raise LakeError(f"the query needs more than {memory_limit} of memory; narrow it or raise --memory-limit") from None
+        raise LakeError(f"the query needs more than {memory_limit} of memory; "
+                        "narrow it or raise --memory-limit") from None
     except duckdb.PermissionException as e:
-        raise SqlRefused(f"the query may read only the lake's own files (under {self.root} and {self.reference}): {_one_line(e)}") from None
+        raise SqlRefused(f"the query may read only the lake's own files (under {self.root} and {self.reference}): "
+                         f"{_one_line(e)}") from None
     except duckdb.Error as e: raise LakeError(f"the query failed: {_one_line(e)}") from None
-    finally: timer.cancel(); con.close()
-Lake.sql = sql
+    finally: con.close()
 
 # %% ../../nbs/lake/00_store.ipynb #dd1fef6c
+@patch
 def aggregate(self:Lake, dataset:str='telemetry', every:str='1 hour', devices=None, sensors=None, start=None, end=None,
               tier:str|None=None) -> pd.DataFrame:
-    "Mean, min, max, std, last and count of each sensor per device over buckets of `every` (e.g. '1 hour', '15 minutes')."
+    "Mean, min, max, std, last and count of each sensor per device over buckets of `every` (e.g. '15 minutes')."
     tier = self._tier_of(dataset, tier)
     files = self.files(tier, dataset, start, end)
     if not files: return pd.DataFrame(columns=HOURLY_SCHEMA.names)
     q = _agg_sql(f"read_parquet({_paths_sql(files)})", every, _where(devices, sensors, start, end))
     return _con().sql(q).df()
-Lake.aggregate = aggregate
 
 # %% ../../nbs/lake/00_store.ipynb #319defec
+@patch
 def write_reference(self:Lake, name:str, df:pd.DataFrame, produced_by:str='iot2ml') -> Path:
     "Store `df` as the reference table `name` (replacing it) and catalog it."
     t = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
@@ -481,18 +542,19 @@ def write_reference(self:Lake, name:str, df:pd.DataFrame, produced_by:str='iot2m
     with self._catalog_lock() as cat:
         e = catalog_entry(cat, 'reference', name, t.schema, produced_by, rows=t.num_rows, files=1)
         tcol = next((c for c in ('ts', 'install_date', 'onset') if c in df), None)
-        if tcol is not None and len(df): e.update(start=str(pd.Timestamp(df[tcol].min())), end=str(pd.Timestamp(df[tcol].max())))
+        if tcol is not None and len(df):
+            e.update(start=str(pd.Timestamp(df[tcol].min())), end=str(pd.Timestamp(df[tcol].max())))
     return dest
-Lake.write_reference = write_reference
 
+@patch
 def reference_table(self:Lake, name:str) -> pd.DataFrame:
     "The reference table `name` as pandas."
     f = self.reference/f'{name}.parquet'
     if not f.exists():
-        have = sorted(p.stem for p in self.reference.glob('*.parquet'))
-        raise LakeError(f"no reference table {name!r} in {self.reference}; have: {', '.join(have) or 'none (run iot2ml simulate)'}")
+        have = ', '.join(sorted(p.stem for p in self.reference.glob('*.parquet')))
+        raise DatasetNotFound(f"no reference table {name!r} in {self.reference}; "
+                              f"have: {have or 'none (run iot2ml simulate)'}")
     return pd.read_parquet(f)
-Lake.reference_table = reference_table
 
 # %% ../../nbs/lake/00_store.ipynb #8bae7019
 def default_lake() -> Lake:
@@ -512,8 +574,10 @@ def snapshot(root:Path|str='.', data_dir:str='data') -> str:
     "Version `data_dir` with DVC (`dvc add`); returns the DVC hash of the snapshot."
     root = Path(root).resolve()
     if not (root/'.dvc').exists(): raise LakeError(f"{root} is not a DVC project; run `dvc init` there first")
-    if not (root/data_dir).exists(): raise LakeError(f"{root/data_dir} does not exist; land data first (iot2ml simulate)")
-    r = subprocess.run([sys.executable, '-m', 'dvc', 'add', '--quiet', data_dir], cwd=root, capture_output=True, text=True)
+    if not (root/data_dir).exists():
+        raise DatasetNotFound(f"{root/data_dir} does not exist; land data first (iot2ml simulate)")
+    cmd = [sys.executable, '-m', 'dvc', 'add', '--quiet', data_dir]
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if r.returncode: raise LakeError(f"dvc add {data_dir} failed: {(r.stderr or r.stdout).strip()}")
     import yaml
     return yaml.safe_load((root/f'{data_dir}.dvc').read_text())['outs'][0]['md5']
