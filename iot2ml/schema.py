@@ -116,36 +116,36 @@ def _parse_distinct(uniq:np.ndarray, assume_tz:str|None) -> tuple[pd.api.extensi
     got = [_SEEN[u, assume_tz] for u in uniq]
     return pd.array([g[0] for g in got], dtype='datetime64[us, UTC]'), np.array([g[1] for g in got], dtype=object)
 
-def parse_ts(values:pd.Series,          # timestamps as numbers, strings or datetimes
-             assume_tz:str|None=None,   # zone for times without one; None: such times are errors
-             ) -> tuple[pd.Series, pd.Series]:
-    "Parse `values` to UTC microseconds; returns `(ts, problem)` where `problem` holds a message or None per row."
-    n = len(values)
-    problem = pd.Series([None]*n, index=values.index, dtype=object)
-    out = pd.Series(pd.NaT, index=values.index, dtype='datetime64[us, UTC]')
-    if pd.api.types.is_datetime64_any_dtype(values):  # a file's column of times: zoned, or in the zone the caller names
-        if values.dt.tz is not None: return values.dt.tz_convert('UTC').astype('datetime64[us, UTC]'), problem
-        return _localize(values, assume_tz, problem, _NO_ZONE_COLUMN), problem
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        x = values.to_numpy(dtype='float64', na_value=np.nan)
-        ok = np.isfinite(x) & (np.abs(x) < _EPOCH_MAX)
-        out[ok] = pd.to_datetime(epoch_to_us(x[ok]), unit='us', utc=True)
-        problem[~ok & values.notna().to_numpy()] = (
-            "is not a finite epoch time in range; send epoch seconds/ms/us/ns or an ISO 8601 time with a zone"
-        )
-        return out, problem
-    if (
-        n > 64 and pd.api.types.infer_dtype(values, skipna=True) == 'string'
-    ):  # each distinct string once (a flood repeats one bad time)
-        codes, uniq = pd.factorize(values.to_numpy(object))
-        if len(uniq) <= n // 2:
-            t, pr = _parse_distinct(uniq, assume_tz)
-            out = pd.Series(t.take(codes, allow_fill=True), index=values.index)   # -1 (a missing time): NaT
-            return out, pd.Series(np.where(codes >= 0, pr[codes], None), index=values.index, dtype=object)
-    if (fast := _arrow_ts(values)) is not None: return fast, problem   # the common case: no rule below needs a look
+_NOT_EPOCH = "is not a finite epoch time in range; send epoch seconds/ms/us/ns or an ISO 8601 time with a zone"
+_NOT_ISO = "is not an ISO 8601 time; send e.g. 2026-01-01T12:00:00Z"
+
+def _parse_datetimes(values:pd.Series, assume_tz:str|None, problem:pd.Series) -> pd.Series:
+    "A column of datetimes (a file's): zoned, or in the zone the caller names."
+    if values.dt.tz is not None: return values.dt.tz_convert('UTC').astype('datetime64[us, UTC]')
+    return _localize(values, assume_tz, problem, _NO_ZONE_COLUMN)
+
+def _parse_numbers(values:pd.Series, out:pd.Series, problem:pd.Series) -> pd.Series:
+    "Epoch numbers (s, ms, us or ns) into `out`; a number that is not finite or out of range is a problem."
+    x = values.to_numpy(dtype='float64', na_value=np.nan)
+    ok = np.isfinite(x) & (np.abs(x) < _EPOCH_MAX)
+    out[ok] = pd.to_datetime(epoch_to_us(x[ok]), unit='us', utc=True)
+    problem[~ok & values.notna().to_numpy()] = _NOT_EPOCH
+    return out
+
+def _parse_repeated(values:pd.Series, assume_tz:str|None) -> tuple[pd.Series, pd.Series]|None:
+    "Each distinct string parsed once (a flood repeats one bad time) when at most half are distinct; else None."
+    codes, uniq = pd.factorize(values.to_numpy(object))
+    if len(uniq) > len(values) // 2: return None
+    t, pr = _parse_distinct(uniq, assume_tz)
+    out = pd.Series(t.take(codes, allow_fill=True), index=values.index)   # -1 (a missing time): NaT
+    return out, pd.Series(np.where(codes >= 0, pr[codes], None), index=values.index, dtype=object)
+
+def _parse_texts(values:pd.Series, assume_tz:str|None, out:pd.Series, problem:pd.Series) -> pd.Series:
+    "Strings, rule by rule: epoch numbers as text, dates without a time, zoned and zone-less ISO 8601 times."
     s = values.astype('string')
     num = pd.to_numeric(s, errors='coerce')
-    isnum = num.notna() & np.isfinite(num.astype('float64').fillna(np.nan)) & (num.astype('float64').abs() < _EPOCH_MAX)
+    f = num.astype('float64')
+    isnum = num.notna() & np.isfinite(f.fillna(np.nan)) & (f.abs() < _EPOCH_MAX)
     if isnum.any(): out[isnum] = pd.to_datetime(epoch_to_us(num[isnum].to_numpy('float64')), unit='us', utc=True)
     st = s[~isnum & s.notna()].str.strip()
     date = st.str.fullmatch(_DATE_RE).astype(bool)
@@ -155,15 +155,29 @@ def parse_ts(values:pd.Series,          # timestamps as numbers, strings or date
     if zoned.any():
         z = _to_us(pd.to_datetime(st[zoned], format='ISO8601', utc=True, errors='coerce'))
         out[z.index] = z
-        problem[z.index[z.isna()]] = "is not an ISO 8601 time; send e.g. 2026-01-01T12:00:00Z"
+        problem[z.index[z.isna()]] = _NOT_ISO
     naive = st[~zoned]
     if len(naive):
         t = pd.to_datetime(naive, format='ISO8601', errors='coerce')
-        problem[naive.index[t.isna()]] = "is not an ISO 8601 time; send e.g. 2026-01-01T12:00:00Z"
+        problem[naive.index[t.isna()]] = _NOT_ISO
         ok = t[t.notna()]
         if len(ok): out[ok.index] = _localize(ok, assume_tz, problem)
     out[problem.notna()] = pd.NaT
-    return out, problem
+    return out
+
+def parse_ts(values:pd.Series,          # timestamps as numbers, strings or datetimes
+             assume_tz:str|None=None,   # zone for times without one; None: such times are errors
+             ) -> tuple[pd.Series, pd.Series]:
+    "Parse `values` to UTC microseconds; returns `(ts, problem)` where `problem` holds a message or None per row."
+    problem = pd.Series([None]*len(values), index=values.index, dtype=object)
+    out = pd.Series(pd.NaT, index=values.index, dtype='datetime64[us, UTC]')
+    if pd.api.types.is_datetime64_any_dtype(values): return _parse_datetimes(values, assume_tz, problem), problem
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return _parse_numbers(values, out, problem), problem
+    if len(values) > 64 and pd.api.types.infer_dtype(values, skipna=True) == 'string':
+        if (repeated := _parse_repeated(values, assume_tz)) is not None: return repeated
+    if (fast := _arrow_ts(values)) is not None: return fast, problem   # the common case: no rule below needs a look
+    return _parse_texts(values, assume_tz, out, problem), problem
 
 # %% ../nbs/core/02_schema.ipynb #649eb52a
 @dataclass
@@ -207,36 +221,28 @@ def _flagger(reason:np.ndarray, fld:np.ndarray):
         fld[m] = name
     return flag
 
+def _as_float(raw:pd.Series) -> pd.Series:
+    "`raw` as float64: numbers as they are, text read as numbers (NaN if not one), true/false as NaN."
+    if pd.api.types.is_bool_dtype(raw): return pd.Series(np.nan, index=raw.index)
+    if pd.api.types.is_numeric_dtype(raw): return raw.astype('float64')
+    return pd.to_numeric(raw, errors='coerce').astype('float64')
+
+_NAN_TEXT = ['nan', '-nan', 'inf', '+inf', '-inf', 'infinity', '-infinity']
+
 def _check_value(df:pd.DataFrame, flag) -> pd.Series:
     "Flag values that are not finite numbers; return the values as float64."
     if 'value' not in df: return pd.Series(np.nan, index=df.index)
     raw = df['value']
-    val = (
-        pd.to_numeric(raw, errors='coerce')
-        if not pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw)
-        else raw
-    )
-    if pd.api.types.is_bool_dtype(raw): val = pd.Series(np.nan, index=raw.index)
-    val = val.astype('float64')
+    val = _as_float(raw)
     odd = (val.isna() & raw.notna()).to_numpy()         # not read as a number: NaN or inf as text, or no number at all
     text = pd.Series(None, index=raw.index, dtype=object)
-    text[odd] = (
-        raw[odd].astype('string').str.strip().str.lower().to_numpy(object)
-    )  # (only those: a column of numbers is not made text)
-    nan_text = text.isin(['nan', '-nan', 'inf', '+inf', '-inf', 'infinity', '-infinity']).to_numpy(bool)
-    flag(
-        odd & ~nan_text,
-        'value',
-        lambda m: [f"{show_value(v)} is not a number; send a number such as 12.5" for v in raw[m]],
-    )
-    flag(
-        ~np.isfinite(val.fillna(np.inf)),
-        'value',
-        lambda m: [
-            f"is {v}, not a finite number; send a finite number or leave the reading out"
-            for v in np.where(nan_text[m], text[m], val[m].astype(str))
-        ],
-    )
+    text[odd] = raw[odd].astype('string').str.strip().str.lower().to_numpy(object)   # only those: numbers stay numbers
+    nan_text = text.isin(_NAN_TEXT).to_numpy(bool)
+    flag(odd & ~nan_text, 'value',
+         lambda m: [f"{show_value(v)} is not a number; send a number such as 12.5" for v in raw[m]])
+    shown = lambda m: np.where(nan_text[m], text[m], val[m].astype(str))
+    flag(~np.isfinite(val.fillna(np.inf)), 'value',
+         lambda m: [f"is {v}, not a finite number; send a finite number or leave the reading out" for v in shown(m)])
     return val
 
 def _check_ts(df:pd.DataFrame, flag, now:pd.Timestamp, assume_tz:str|None) -> pd.Series:
@@ -249,16 +255,11 @@ def _check_ts(df:pd.DataFrame, flag, now:pd.Timestamp, assume_tz:str|None) -> pd
         if (v, p) not in shown: shown[v, p] = f"{show_value(v)} {p}"
         return shown[v, p]
     flag(prob.notna().to_numpy(), 'ts', lambda m: [says(v, p) for v, p in zip(df['ts'][m], prob[m])])
-    flag(
-        (ts < MIN_TS).fillna(False).to_numpy(),
-        'ts',
-        lambda m: [f"{t.isoformat()} is before 2000-01-01; check the device clock or the time unit" for t in ts[m]],
-    )
-    flag(
-        (ts > now + MAX_AHEAD).fillna(False).to_numpy(),
-        'ts',
-        lambda m: [f"{t.isoformat()} is more than a day in the future; check the device clock" for t in ts[m]],
-    )
+    early, ahead = (ts < MIN_TS).fillna(False).to_numpy(), (ts > now + MAX_AHEAD).fillna(False).to_numpy()
+    flag(early, 'ts',
+         lambda m: [f"{t.isoformat()} is before 2000-01-01; check the device clock or the time unit" for t in ts[m]])
+    flag(ahead, 'ts',
+         lambda m: [f"{t.isoformat()} is more than a day in the future; check the device clock" for t in ts[m]])
     return ts
 
 # %% ../nbs/core/02_schema.ipynb #baf6119e
@@ -377,6 +378,24 @@ def _check_ids(df:pd.DataFrame, flag, max_len:int) -> None:
                 ],
             )
 
+def _flag_missing(df:pd.DataFrame, flag, n:int) -> None:
+    "Flag records without a required field (a NaN value is not missing: it is reported as not finite, later)."
+    for c in REQUIRED:
+        if c not in df: missing = np.ones(n, bool)
+        elif c != 'value': missing = df[c].isna().to_numpy()
+        elif df[c].dtype.kind == 'f': missing = np.zeros(n, bool)
+        else: missing = df[c].map(lambda v: v is None or v is pd.NA).to_numpy(bool)
+        flag(missing, c, f"is missing; every reading needs {', '.join(REQUIRED)}")
+
+def _check_quality(df:pd.DataFrame, flag) -> pd.Series:
+    "Flag quality flags that are not whole numbers from 0 to 255; return them as numbers."
+    quality = df['quality'] if 'quality' in df else pd.Series(0, index=df.index)
+    q = pd.to_numeric(quality, errors='coerce')
+    msg = "is not a quality flag; use 0 (good), 1 (suspect) or 2 (bad)"
+    flag(quality.notna() & ~(q.between(0, 255) & (q == q.round())), 'quality',
+         lambda m: [f"{show_value(v)} {msg}" for v in quality[m]])
+    return q
+
 def validate(df:pd.DataFrame,                 # a batch of readings in long form
              now:pd.Timestamp|None=None,      # the present, for the "more than a day ahead" check
              assume_tz:str|None=None,         # zone for timestamps without one (None: reject them)
@@ -391,26 +410,12 @@ def validate(df:pd.DataFrame,                 # a batch of readings in long form
     fld = np.full(n, None, dtype=object)
     flag = _flagger(reason, fld)
     df = _screen(df, flag)
-    for c in REQUIRED:
-        missing = np.ones(n, bool) if c not in df else df[c].isna().to_numpy()
-        if c == 'value' and c in df:  # a NaN value is reported as not finite, below; only None/NA is missing
-            missing = (
-                np.zeros(n, bool)
-                if df[c].dtype.kind == 'f'
-                else df[c].map(lambda v: v is None or v is pd.NA).to_numpy(bool)
-            )
-        flag(missing, c, f"is missing; every reading needs {', '.join(REQUIRED)}")
+    _flag_missing(df, flag, n)
     df = df.assign(**{c: pd.Series([None] * n, dtype=object) for c in REQUIRED if c not in df})
     _check_ids(df, flag, limits.max_id_length)
     val = _check_value(df, flag)
     ts = _check_ts(df, flag, now, assume_tz)
-    quality = df['quality'] if 'quality' in df else pd.Series(0, index=df.index)
-    q = pd.to_numeric(quality, errors='coerce')
-    flag(
-        quality.notna() & ~(q.between(0, 255) & (q == q.round())),
-        'quality',
-        lambda m: [f"{show_value(v)} is not a quality flag; use 0 (good), 1 (suspect) or 2 (bad)" for v in quality[m]],
-    )
+    q = _check_quality(df, flag)
     _flag_duplicates(df, ts, reason, fld)
     ok = reason == None
     errors = [RecordError(int(i), fld[i], reason[i]) for i in np.flatnonzero(~ok)]
