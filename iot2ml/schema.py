@@ -274,15 +274,8 @@ _NOT = {
     'ts': 'not a time; send an ISO 8601 time with a zone such as 2026-01-01T12:00:00Z, or epoch seconds',
     **{c: f'not a string; send {what}' for c, what in _TEXT.items()},
 }
-_KIND = {
-    bool: 'boolean',
-    np.bool_: 'boolean',
-    int: 'number',
-    float: 'number',
-    list: 'list',
-    dict: 'object',
-    tuple: 'list',
-}
+_KIND = {bool: 'boolean', np.bool_: 'boolean', int: 'number', float: 'number', list: 'list', dict: 'object',
+         tuple: 'list'}
 _PLAIN = {'floating', 'integer', 'mixed-integer-float', 'decimal', 'empty'}
 
 def _utf8(v) -> bool:
@@ -306,22 +299,19 @@ def _odd(s:pd.Series, text:bool) -> pd.Series|None:
     if not text: k = k.where(k != 'number', None)
     return k if k.notna().any() else None
 
+def _odd_message(v, kind:str, c:str) -> str:
+    "The message for a cell `_odd` found to be of `kind` in column `c`."
+    if kind == 'surrogate':
+        return f"{show_value(v)} is not valid Unicode text (it holds a lone surrogate); send UTF-8 text"
+    return f"{show_value(v)} is a {kind}, {_NOT[c]}"
+
 def _screen(df:pd.DataFrame, flag) -> pd.DataFrame:
     "Flag the cells `_odd` finds, each with what it is, and blank them."
     blank = {}
     for c in (*REQUIRED, 'unit', 'quality'):
         if c not in df or (k := _odd(df[c], c in _TEXT)) is None: continue
         m = k.notna().to_numpy()
-        flag(
-            m,
-            c,
-            lambda m, c=c, k=k: [
-                f"{show_value(v)} is not valid Unicode text (it holds a lone surrogate); send UTF-8 text"
-                if kind == 'surrogate'
-                else f"{show_value(v)} is a {kind}, {_NOT[c]}"
-                for v, kind in zip(df[c][m], k[m])
-            ],
-        )
+        flag(m, c, lambda m, c=c, k=k: [_odd_message(v, kind, c) for v, kind in zip(df[c][m], k[m])])
         blank[c] = df[c].astype(object).where(~m, None)
     return df.assign(**blank) if blank else df
 
@@ -358,25 +348,14 @@ def _check_ids(df:pd.DataFrame, flag, max_len:int) -> None:
         if c not in df: continue
         codes, uniq = pd.factorize(df[c])   # a missing one has code -1, the last entry below
         n = np.append(pd.Series(uniq, dtype=object).str.len().to_numpy('float64'), 0)[codes]
-        flag(
-            n > max_len,
-            c,
-            lambda m, n=n, what=what: [
-                f"is not a valid {what}: it is {k:,.0f} characters long, more than ingest.max_id_length ({max_len}); "
-                "shorten it or raise that setting"
-                for k in n[m]
-            ],
-        )
-        if c != 'unit':
-            flag(
-                np.append(~_ids_ok(pd.Series(uniq, dtype=object), max_len).to_numpy(bool), True)[codes],
-                c,
-                lambda m, c=c, what=what: [
-                    f"{show_value(v)} is not a valid {what}; use 1-{max_len} letters, digits, '.', '_', ':' or '-', "
-                    "starting with a letter or digit"
-                    for v in df[c][m]
-                ],
-            )
+        too_long = f"more than ingest.max_id_length ({max_len}); shorten it or raise that setting"
+        long_msg = lambda m, n=n, what=what: [f"is not a valid {what}: it is {k:,.0f} characters long, {too_long}"
+                                              for k in n[m]]
+        flag(n > max_len, c, long_msg)
+        if c == 'unit': continue
+        use = f"use 1-{max_len} letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+        bad = np.append(~_ids_ok(pd.Series(uniq, dtype=object), max_len).to_numpy(bool), True)[codes]
+        flag(bad, c, lambda m, c=c, what=what: [f"{show_value(v)} is not a valid {what}; {use}" for v in df[c][m]])
 
 def _flag_missing(df:pd.DataFrame, flag, n:int) -> None:
     "Flag records without a required field (a NaN value is not missing: it is reported as not finite, later)."

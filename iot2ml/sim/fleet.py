@@ -278,17 +278,11 @@ def _utc(spec:FleetSpec, sec) -> pd.Series:
 def fault_schedule(spec:FleetSpec) -> pd.DataFrame:
     "Ground truth of every injected fault: device, fault, kind, sensor, onset, failure and repair times."
     s = _schedule(spec)
-    return pd.DataFrame(
-        {
-            'device_id': np.array(device_ids(spec.pumps), dtype=object)[s.p],
-            'fault': s.fault,
-            'kind': s.kind,
-            'sensor': pd.Series([SENSORS[i] if i >= 0 else None for i in s.sensor], dtype=object),
-            'onset': _utc(spec, s.onset),
-            'failure': _utc(spec, s.failure),
-            'repaired': _utc(spec, s.repaired),
-        }
-    )
+    return pd.DataFrame({'device_id': np.array(device_ids(spec.pumps), dtype=object)[s.p],
+                         'fault': s.fault, 'kind': s.kind,
+                         'sensor': pd.Series([SENSORS[i] if i >= 0 else None for i in s.sensor], dtype=object),
+                         'onset': _utc(spec, s.onset), 'failure': _utc(spec, s.failure),
+                         'repaired': _utc(spec, s.repaired)})
 
 # %% ../../nbs/sim/00_fleet.ipynb #80f003a0
 _NOTES = {('failure', 'blockage'): 'tripped on low flow and high discharge pressure',
@@ -298,33 +292,18 @@ _NOTES = {('failure', 'blockage'): 'tripped on low flow and high discharge press
           ('repair', 'bearing_wear'): 'bearings replaced, shaft realigned',
           ('repair', 'seal_leak'): 'mechanical seal replaced'}
 
+def _events(df:pd.DataFrame, ts, event:str, notes:list) -> pd.DataFrame:
+    "Maintenance log rows: one `event` per row of `df` (a fault schedule), at `ts`."
+    return pd.DataFrame({'device_id': df.device_id, 'ts': ts, 'event': event, 'fault': df.fault, 'note': notes})
+
 def maintenance_log(spec:FleetSpec) -> pd.DataFrame:
     "The labels: failures, repairs and sensor replacements within the simulated period, sorted by time."
     f = fault_schedule(spec)
     eq, se = f[f.kind == 'equipment'], f[f.kind == 'sensor']
-    parts = [
-        pd.DataFrame(
-            {
-                'device_id': eq.device_id,
-                'ts': eq[col],
-                'event': ev,
-                'fault': eq.fault,
-                'note': [_NOTES[ev, x] for x in eq.fault],
-            }
-        )
-        for ev, col in (('failure', 'failure'), ('repair', 'repaired'))
-    ]
-    parts.append(
-        pd.DataFrame(
-            {
-                'device_id': se.device_id,
-                'ts': se.repaired,
-                'event': 'sensor_replaced',
-                'fault': se.fault,
-                'note': [f"replaced {s} sensor ({x} reading)" for s, x in zip(se.sensor, se.fault)],
-            }
-        )
-    )
+    parts = [_events(eq, eq[col], ev, [_NOTES[ev, x] for x in eq.fault])
+             for ev, col in (('failure', 'failure'), ('repair', 'repaired'))]
+    replaced = [f"replaced {s} sensor ({x} reading)" for s, x in zip(se.sensor, se.fault)]
+    parts.append(_events(se, se.repaired, 'sensor_replaced', replaced))
     log = pd.concat(parts, ignore_index=True).dropna(subset=['ts'])
     return log.sort_values(['ts', 'device_id'], kind='stable', ignore_index=True)
 
