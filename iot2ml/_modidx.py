@@ -379,6 +379,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'iot2ml.lake.explore': { 'iot2ml.lake.explore._draw_sensor': ('lake/explore.html#_draw_sensor', 'iot2ml/lake/explore.py'),
                                      'iot2ml.lake.explore._maintenance_log': ( 'lake/explore.html#_maintenance_log',
                                                                                'iot2ml/lake/explore.py'),
+                                     'iot2ml.lake.explore._picker_controls': ( 'lake/explore.html#_picker_controls',
+                                                                               'iot2ml/lake/explore.py'),
                                      'iot2ml.lake.explore.data_quality': ('lake/explore.html#data_quality', 'iot2ml/lake/explore.py'),
                                      'iot2ml.lake.explore.device_picker': ('lake/explore.html#device_picker', 'iot2ml/lake/explore.py'),
                                      'iot2ml.lake.explore.plot_coverage': ('lake/explore.html#plot_coverage', 'iot2ml/lake/explore.py'),

@@ -109,14 +109,9 @@ def plot_device(lake:Lake, device:str, sensors:list[str]|None=None, start=None, 
     return fig
 
 # %% ../../nbs/lake/01_explore.ipynb #4f562aa0
-def device_picker(lake:Lake, dataset:str='telemetry',
-                  devices:list[str]|None=None, # the devices to offer; None: every device in the lake
-                  every:str='1 hour',          # the bucket `plot_device` averages over
-                  ):
-    "An ipywidgets device / sensor / day-range picker that plots the choice with `plot_device`."
+def _picker_controls(lake:Lake, dataset:str, devices:list[str]|None):
+    "The picker's device drop-down, sensor multi-select and day-range slider, over what the lake holds."
     import ipywidgets as w
-    from IPython.display import display
-
     info = lake.sql(
         f"SELECT list(DISTINCT device_id ORDER BY device_id) AS d, list(DISTINCT sensor ORDER BY sensor) AS s, "
         f"min(ts) AS lo, max(ts) AS hi FROM processed.{dataset}"
@@ -128,6 +123,16 @@ def device_picker(lake:Lake, dataset:str='telemetry',
     sen = w.SelectMultiple(options=sensors, value=tuple(sensors[:4]), rows=min(8, len(sensors)), description='sensors')
     rng = w.SelectionRangeSlider(options=[(d.strftime('%Y-%m-%d'), d) for d in days], index=(0, len(days) - 1),
                                  description='days', readout=False, layout=w.Layout(width='600px'))
+    return dev, sen, rng
+
+def device_picker(lake:Lake, dataset:str='telemetry',
+                  devices:list[str]|None=None, # the devices to offer; None: every device in the lake
+                  every:str='1 hour',          # the bucket `plot_device` averages over
+                  ):
+    "An ipywidgets device / sensor / day-range picker that plots the choice with `plot_device`."
+    import ipywidgets as w
+    from IPython.display import display
+    dev, sen, rng = _picker_controls(lake, dataset, devices)
     span, out = w.Label(layout=w.Layout(width='220px')), w.Output()   # the slider's own readout cuts two dates short
     def draw(*_):
         span.value = f"{rng.value[0]:%Y-%m-%d} to {rng.value[1]:%Y-%m-%d}"
