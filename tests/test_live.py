@@ -10,7 +10,7 @@ def test_live_http_into_the_service(tmp_path):
     token = Registry(tmp_path/'state'/'registry.sqlite').add_admin('sim').token
     s.start()
     try:
-        r = run([str(BIN/'iot2ml'), 'simulate', '--live', '--http', '--devices', '5', '--rate', '4', '--seconds', '2',
+        r = run([str(BIN/'iot2ml'), 'stream', 'http', '--devices', '5', '--rate', '4', '--seconds', '2',
                  '--url', s.url, '--token', token], tmp_path)
         assert 'errors' in r.stdout and ', 0 errors' in r.stdout, r.stdout
         sent = int(r.stdout.split('(')[1].split(' readings')[0].replace(',', ''))

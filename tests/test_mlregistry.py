@@ -115,7 +115,8 @@ def test_models_cli(tmp_path, monkeypatch):
     r = inv('models', 'show', 'v5')
     assert r.exit_code == 1 and 'known versions: v1, v2' in r.output
     assert inv('models', 'rollback', '--to', 'v1').output == "Rolled back: v1 is champion again (was v2).\n"
-    lines = [json.loads(l) for l in inv('models', 'history', '--json').output.splitlines()]
+    lines = [json.loads(l) for l in inv('models', 'history', '--format', 'jsonl').output.splitlines()]
+    assert json.loads(inv('models', 'history', '--json').output) == lines        # --json: one array, as everywhere
     assert [(e['to'], e['by']) for e in lines][0] == ('v2', 'carol') and lines[1]['action'] == 'rollback'
 
 def test_psi_and_ks_flag_a_shifted_feature_only():

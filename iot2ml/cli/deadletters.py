@@ -4,28 +4,18 @@
 
 # %% ../../nbs/cli/02_deadletters.ipynb #e009d8e8
 from __future__ import annotations
-import hashlib, json
+import json
 from collections import Counter
 from datetime import datetime, timezone
 import click
 
-from ..config import ConfigError
-from .devices import _settings   # the settings of the main command's --config, as `devices` reads them
+from .common import group, output_option, settings_from
 
 # %% auto #0
 __all__ = ['deadletters', 'stored_rejects', 'list_', 'replay']
 
 # %% ../../nbs/cli/02_deadletters.ipynb #093c99bf
-class _Command(click.Command):
-    "A command whose config errors end as one line, not a traceback."
-    def invoke(self, ctx):
-        try: return super().invoke(ctx)
-        except ConfigError as e: raise click.ClickException(str(e)) from None
-
-class _Group(click.Group):
-    command_class = _Command
-
-@click.group(cls=_Group)
+@group()
 def deadletters():
     """Rejected records: counts per day and reason, the newest ones, and replaying them after a fix.
 
@@ -38,12 +28,14 @@ def deadletters():
 def _day(ctx, param, value):
     "Check a DAY option early, naming it."
     if value is None: return None
-    try: datetime.strptime(value, '%Y-%m-%d'); return value
-    except ValueError: raise click.BadParameter(f"{value!r} is not a day; write it as YYYY-MM-DD, e.g. 2026-11-04") from None
+    try: datetime.strptime(value, '%Y-%m-%d')
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a day; write it as YYYY-MM-DD, e.g. 2026-11-04") from None
+    return value
 
 def _store(ctx):
     from iot2ml.ingest.routing import DeadLetters
-    return DeadLetters.from_settings(_settings(ctx))
+    return DeadLetters.from_settings(settings_from(ctx))
 
 def _replayed(store) -> set:
     "The names (day, offset, index) of the rejects replayed so far."
@@ -53,7 +45,7 @@ def _replayed(store) -> set:
 
 # %% ../../nbs/cli/02_deadletters.ipynb #a31d65e7
 def stored_rejects(store, day:str|None=None, since:str|None=None, reason:str|None=None):
-    "The stored rejects as dicts (day, offset, received, source, kind and the rest of `letter_rejects`), oldest first, filtered."
+    "The stored rejects, oldest first, filtered: day, offset, received, source, kind and `letter_rejects`' keys."
     from iot2ml.ingest.routing import letter_rejects, reason_kind
     from iot2ml.schema import RecordError
     want = reason.lower() if reason else None
@@ -62,7 +54,7 @@ def stored_rejects(store, day:str|None=None, since:str|None=None, reason:str|Non
         for r in letter_rejects(letter):
             kind = reason_kind(RecordError(r['index'], r['field'], r['reason']))
             if want and want not in kind.lower() and not any(want in x[1].lower() for x in r['reasons']): continue
-            yield {'day': d, 'offset': off, 'received': letter['received'], 'source': letter['source'], 'kind': kind, **r}
+            yield dict(day=d, offset=off, received=letter['received'], source=letter['source'], kind=kind, **r)
 
 # %% ../../nbs/cli/02_deadletters.ipynb #6bc687fc
 def _counts(store, since, reason, done:set) -> list[dict]:
@@ -79,10 +71,11 @@ def _counts(store, since, reason, done:set) -> list[dict]:
 @deadletters.command('list')
 @click.option('--since', metavar='DAY', callback=_day, help="only days from DAY on (YYYY-MM-DD)")
 @click.option('--reason', metavar='TEXT', help="only reasons whose label (e.g. ts:no_zone) or text contains TEXT")
-@click.option('--newest', type=click.IntRange(min=0), default=5, show_default=True, help="newest rejected records shown")
-@click.option('--json', 'as_json', is_flag=True, help="print JSON: counts and newest")
+@click.option('--newest', type=click.IntRange(min=0), default=5, show_default=True,
+              help="newest rejected records shown")
+@output_option('table', 'json')
 @click.pass_context
-def list_(ctx, since, reason, newest, as_json):
+def list_(ctx, since, reason, newest, fmt):
     """Count rejected records per day and reason (stored, replayed, and beyond the store's caps); show the newest.
 
     \b
@@ -90,14 +83,20 @@ def list_(ctx, since, reason, newest, as_json):
       iot2ml deadletters list
       iot2ml deadletters list --since 2026-11-01 --reason ts --json
     """
-    store = _store(ctx); done = _replayed(store)
-    counts = _counts(store, since, reason, done)
+    store = _store(ctx)
+    counts = _counts(store, since, reason, _replayed(store))
     last = list(stored_rejects(store, since=since, reason=reason))[-newest:] if newest else []
     new = [{k: r[k] for k in ('received', 'source', 'index', 'field', 'reason', 'record')} for r in reversed(last)]
-    if as_json: click.echo(json.dumps({'counts': counts, 'newest': new}, default=str)); return
-    if not counts: click.echo(f"No dead letters in {store.folder}" + (" for these options." if since or reason else ".")); return
+    if fmt == 'json': click.echo(json.dumps({'counts': counts, 'newest': new}, default=str))
+    elif not counts:
+        click.echo(f"No dead letters in {store.folder}" + (" for these options." if since or reason else "."))
+    else: _echo_counts(counts, new)
+
+def _echo_counts(counts:list[dict], new:list[dict]) -> None:
+    "Print the counts per day and reason as a table, then the newest rejects."
     click.echo(f"{'day':<10}  {'reason':<24} {'stored':>8} {'replayed':>8} {'over caps':>9}")
-    for c in counts: click.echo(f"{c['day']:<10}  {c['reason']:<24} {c['stored']:>8,} {c['replayed']:>8,} {c['over_caps']:>9,}")
+    for c in counts:
+        click.echo(f"{c['day']:<10}  {c['reason']:<24} {c['stored']:>8,} {c['replayed']:>8,} {c['over_caps']:>9,}")
     if new: click.echo("\nNewest:")
     for r in new:
         rec = r['record'] if isinstance(r['record'], str) else json.dumps(r['record'])
@@ -108,19 +107,24 @@ def _writable(reg, subject:str) -> frozenset|None:
     "The devices `subject` (the owner of the token that sent a body) may write now; None: every device."
     from iot2ml.ingest.devices import RegistryError
     try: d = reg.get(subject)
-    except RegistryError: return None if any(t['role'] == 'admin' and t['status'] == 'active' for t in reg.tokens(subject)) else frozenset()
+    except RegistryError:
+        admin = any(t['role'] == 'admin' and t['status'] == 'active' for t in reg.tokens(subject))
+        return None if admin else frozenset()
     if d.status == 'revoked': return frozenset()
     return frozenset([subject]) if d.kind == 'device' else frozenset(reg.behind(subject))
 
 def _forbidden(source:str, reg):
-    "The check of who may write what for records from `source`, as HTTP (the token's owner, now) and MQTT (the topic) do."
+    "Who may write what for records from `source`, checked as HTTP (the token's owner, now) and MQTT (the topic) do."
     kind, _, who = source.partition(':')
     if kind == 'http':
         ok = frozenset() if reg is None else _writable(reg, who)
-        return None if ok is None else lambda d: None if d in ok else f"token for {who} may not write readings of {d}; use that device's own token"
+        if ok is None: return None
+        return lambda d: (None if d in ok else
+                          f"token for {who} may not write readings of {d}; use that device's own token")
     if kind == 'mqtt':
         dev = who.split('/')[1] if who.count('/') == 2 else None
-        return lambda d: None if d == dev else f"published on {who} but claims device {d!r}; publish on iot2ml/<its device_id>/telemetry"
+        return lambda d: (None if d == dev else
+                          f"published on {who} but claims device {d!r}; publish on iot2ml/<its device_id>/telemetry")
     return None   # import: a file the operator chose
 
 def _as_sent(source:str, recs:list) -> list:
@@ -130,25 +134,32 @@ def _as_sent(source:str, recs:list) -> list:
     return [{**r, 'device_id': dev} if isinstance(r, dict) and 'device_id' not in r else r for r in recs]
 
 # %% ../../nbs/cli/02_deadletters.ipynb #b09879cf
+def _ingestor(s, reg):
+    "An ingestor with the settings' routes and the registry's device types."
+    from iot2ml.ingest.routing import Ingestor, Route
+    types = {d.device_id: d.type for d in reg.devices()} if reg is not None else {}
+    return Ingestor([Route(**r.model_dump()) for r in s.ingest.routes], s.ingest.default_to, None, device_types=types)
+
 def _resubmit(s, rs:list[dict], dry_run:bool) -> tuple[list[dict], Counter]:
-    "Re-submit rejects `rs`, per source, through an ingestor of the settings' routes; land what passes. (stored, reasons of the rest)."
-    from iot2ml.ingest.routing import Ingestor, Route, reason_kind
+    "Re-submit rejects `rs` per source through the settings' routes; land what passes. (stored, reasons of the rest)."
+    import hashlib
+    from iot2ml.ingest.routing import reason_kind
     from iot2ml.lake.store import Lake
     from iot2ml.ingest.parse import from_records
     from iot2ml.ingest.devices import Registry, registry_path
     reg = Registry(registry_path(s)) if registry_path(s).exists() else None
-    types = {d.device_id: d.type for d in reg.devices()} if reg is not None else {}
-    ing = Ingestor([Route(**r.model_dump()) for r in s.ingest.routes], s.ingest.default_to, None, device_types=types)
-    lake, ok, again, by_source = Lake.from_settings(s), [], Counter(), {}
+    ing, lake, ok, again, by_source = _ingestor(s, reg), Lake.from_settings(s), [], Counter(), {}
     for r in rs: by_source.setdefault(r['source'], []).append(r)
-    for source, group in by_source.items():
-        recs = _as_sent(source, [r['record'] for r in group])
+    for source, rejects in by_source.items():
+        recs = _as_sent(source, [r['record'] for r in rejects])
         tables, out = ing.process(from_records(recs), source=f"replay:{source}", forbidden=_forbidden(source, reg))
-        bad = {e.index for e in out.errors}; again.update(reason_kind(e) for e in out.errors)
-        good = [r for k, r in enumerate(group) if k not in bad]
+        again.update(reason_kind(e) for e in out.errors)
+        bad = {e.index for e in out.errors}
+        good = [r for k, r in enumerate(rejects) if k not in bad]
         if good and tables.get('lake') is not None and not dry_run:
             names = ''.join(f"{r['day']}/{r['offset']}/{r['index']};" for r in good)
-            lake.land(tables['lake'], 'replay-' + hashlib.sha1(names.encode()).hexdigest()[:16])   # the same rejects: the same batch, landed once
+            batch = 'replay-' + hashlib.sha1(names.encode()).hexdigest()[:16]   # the same rejects: one batch
+            lake.land(tables['lake'], batch)
         ok += good
     return ok, again
 
@@ -160,12 +171,15 @@ def _mark(store, rs:list[dict]) -> None:
     at = datetime.now(timezone.utc).isoformat()
     lines = ''.join(json.dumps({'day': d, 'offset': o, 'index': ix, 'at': at}) + '\n' for (d, o), ix in groups.items())
     with open(os.open(store.folder/'replayed.ndjson', os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640), 'a') as f:
-        f.write(lines); f.flush(); os.fsync(f.fileno())
+        f.write(lines)
+        f.flush()
+        os.fsync(f.fileno())
 
 # %% ../../nbs/cli/02_deadletters.ipynb #54bc3e14
 @deadletters.command()
 @click.option('--day', metavar='DAY', callback=_day, help="only rejects of this day (YYYY-MM-DD); default: every day")
-@click.option('--reason', metavar='TEXT', help="only rejects whose reason label (e.g. device_id:forbidden) or text contains TEXT")
+@click.option('--reason', metavar='TEXT',
+              help="only rejects whose reason label (e.g. device_id:forbidden) or text contains TEXT")
 @click.option('--dry-run', is_flag=True, help="show what would be stored; store and mark nothing")
 @click.pass_context
 def replay(ctx, day, reason, dry_run):
@@ -181,15 +195,22 @@ def replay(ctx, day, reason, dry_run):
       iot2ml deadletters replay --dry-run
       iot2ml deadletters replay --day 2026-11-04 --reason forbidden
     """
-    s = _settings(ctx); store = _store(ctx); done = _replayed(store)
+    store = _store(ctx)
+    done = _replayed(store)
     todo = [r for r in stored_rejects(store, day=day, reason=reason) if (r['day'], r['offset'], r['index']) not in done]
     text = [r for r in todo if r['text'] or r['record'] is None]
     todo = [r for r in todo if not (r['text'] or r['record'] is None)]
-    if not todo and not text: click.echo("Nothing to replay" + (" for these options." if day or reason else ".")); return
-    ok, again = _resubmit(s, todo, dry_run) if todo else ([], Counter())
+    if not todo and not text:
+        return click.echo("Nothing to replay" + (" for these options." if day or reason else "."))
+    ok, again = _resubmit(settings_from(ctx), todo, dry_run) if todo else ([], Counter())
     if not dry_run and ok: _mark(store, ok)
-    why = ', '.join(f"{k} {n:,}" for k, n in again.most_common())
-    click.echo(("Dry run: " if dry_run else '') + f"{len(ok):,} of {len(todo):,} rejected records " + ("would be" if dry_run else "were")
-               + f" stored; {len(todo) - len(ok):,} rejected again" + (f" ({why})" if why else '') + '.')
-    if text: click.echo(f"{len(text):,} kept only as text (not JSON as sent, or cut) cannot be replayed.")
+    _echo_replayed(len(todo), ok, again, len(text), dry_run)
+
+def _echo_replayed(n:int, ok:list, again:Counter, text:int, dry_run:bool) -> None:
+    "Say how many of `n` rejects were (or would be) stored, why the rest were not, and what to do next."
+    why = ', '.join(f"{k} {c:,}" for k, c in again.most_common())
+    click.echo(("Dry run: " if dry_run else '') + f"{len(ok):,} of {n:,} rejected records "
+               + ("would be" if dry_run else "were") + f" stored; {n - len(ok):,} rejected again"
+               + (f" ({why})" if why else '') + '.')
+    if text: click.echo(f"{text:,} kept only as text (not JSON as sent, or cut) cannot be replayed.")
     if ok and not dry_run: click.echo("Run `iot2ml lake process` to bring them into the processed tier.")
