@@ -1,4 +1,4 @@
-# iot2ml: two commands.  `make demo` runs the main job, `make test` runs every test.
+# iot2ml: two commands.  `make demo` runs the main job, `make test` runs every test (`make test-fast`: the quick tier).
 # Both create .venv and install the pinned versions from requirements.lock first; both are idempotent.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 PUMPS ?= 50
 DAYS ?= 30
 
-.PHONY: install demo test test-fast nbs-check nbdev-test pytest bench lab clean help
+.PHONY: install demo test test-fast lint nbs-check nbdev-test pytest pytest-fast bench lab clean help
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
@@ -29,21 +29,27 @@ install: $(STAMP)  ## create .venv with the locked versions
 demo: install  ## simulate a fleet, land it in the lake, dvc repro, print metrics and the report path
 	$(BIN)/iot2ml demo --pumps $(PUMPS) --days $(DAYS)
 
-test: install nbs-check nbdev-test pytest  ## every test: notebooks in sync, nbdev-test, pytest (prints the slowest tests)
+# Two tiers. Each step says how long it took (bash's `time`); pytest lists its 15 slowest tests.
+test: install lint nbs-check nbdev-test pytest  ## every test: lint, notebooks in sync, nbdev-test, all of pytest (~20 min)
 
-test-fast: install nbs-check  ## the fast tier (under 5 min on 2 cores): notebooks in sync and every pytest not marked slow
-	bash scripts/ensure-mosquitto.sh
-	$(BIN)/pytest -q -n 2 --dist loadfile -m "not slow" --durations=15
+test-fast: install lint nbs-check nbdev-test pytest-fast  ## the edit loop (under 5 min on 2 cores): as `test`, without pytest's slow tests
+
+lint: install  ## ruff with pyproject's [tool.ruff]: no `;`-joined statements, no line over 120 columns (.py and .ipynb)
+	$(BIN)/ruff check
 
 nbs-check: install  ## fail if nbdev-export or nbdev-clean would change anything
 	bash scripts/check-nbs-sync.sh
 
 nbdev-test: install  ## run every notebook (library and workflow) as a test
-	$(BIN)/nbdev-test --n-workers 2
+	time $(BIN)/nbdev-test --n-workers 2
 
 pytest: install  ## the pytest suite (installs Debian's mosquitto first when root; the tests start their own broker)
 	bash scripts/ensure-mosquitto.sh && bash scripts/ensure-chromium.sh
-	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
+	time $(BIN)/pytest -q -n 2 --dist loadfile --durations=15
+
+pytest-fast: install  ## the pytest tests not marked slow (tests/conftest.py marks what starts a server, broker, kernel, browser, pipeline)
+	bash scripts/ensure-mosquitto.sh
+	time $(BIN)/pytest -q -n 2 --dist loadfile -m "not slow" --durations=15
 
 bench: install  ## all benchmarks; figures go to BENCHMARKS.md by hand
 	for b in bench/bench_*.py; do $(BIN)/python $$b; done

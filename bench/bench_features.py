@@ -15,17 +15,23 @@ def main():
     ap.add_argument('--devices', type=int, default=1000, help="devices in a pass (copies of the 8 example pumps)")
     ap.add_argument('--runs', type=int, default=3)
     a = ap.parse_args()
-    ws = example_workspace('prepare'); lake = Lake(ws['lake_dir'], ws['reference_dir'], fsync=False)
+    ws = example_workspace('prepare')
+    lake = Lake(ws['lake_dir'], ws['reference_dir'], fsync=False)
     agg = lake.aggregate('telemetry', every='3600 seconds', tier='processed')
     spec = FeatureSpec(expected=float(agg['count'].quantile(0.9)))
     agg = agg[agg['ts'] > agg['ts'].max() - spec.history]
-    n8 = agg['device_id'].nunique(); k = -(-a.devices // n8)
+    n8 = agg['device_id'].nunique()
+    k = -(-a.devices // n8)
     big = pd.concat([agg.assign(device_id=agg['device_id'] + f'-{i}') for i in range(k)], ignore_index=True)
     times = []
     for _ in range(a.runs):
-        t0 = time.perf_counter(); f = online_features(big, spec); times.append(time.perf_counter() - t0)
-    s = statistics.median(times); n = big['device_id'].nunique()
-    print(f"online features, {n:,} devices x {spec.history / pd.Timedelta('1h'):.0f} h window ({len(big):,} aggregates): "
+        t0 = time.perf_counter()
+        f = online_features(big, spec)
+        times.append(time.perf_counter() - t0)
+    s = statistics.median(times)
+    n = big['device_id'].nunique()
+    print(f"online features, {n:,} devices x {spec.history / pd.Timedelta('1h'):.0f} h window ({len(big):,} "
+          f"aggregates): "
           f"{s:.2f} s per pass (median of {a.runs}), {n / s:,.0f} devices/s, {len(f.columns)} columns")
     print(f"  at one new interval per device per hour, one core keeps up with ~{n / s * 3600:,.0f} devices")
 

@@ -20,7 +20,8 @@ def run(spec: FleetSpec) -> tuple[float, int, int]:
     "Seconds, readings and batches of one full generation of `spec`."
     t0, n, b = time.perf_counter(), 0, 0
     for _, table in iter_batches(spec):
-        n += table.num_rows; b += 1
+        n += table.num_rows
+        b += 1
     return time.perf_counter() - t0, n, b
 
 
@@ -54,7 +55,8 @@ def main():
     print(f"simulate {spec.pumps} pumps x {spec.days:g} days at {spec.freq} (seed {spec.seed}), {args.runs} runs")
     secs = []
     for i in range(args.runs):
-        s, n, b = run(spec); secs.append(s)
+        s, n, b = run(spec)
+        secs.append(s)
         print(f"  run {i+1}: {s:6.2f} s  {n/s/1e6:6.2f} M readings/s  ({n:,} readings, {b} batches)")
     med = statistics.median(secs)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024   # Linux: KiB
@@ -62,7 +64,8 @@ def main():
           f"(before generation {base/2**30:.2f} GiB)")
     if args.freq == '1min' and args.days == int(args.days):
         c = ceiling(spec.pumps, 1440, int(args.days))
-        print(f"ceiling (random readings as Arrow tables, no simulation): {spec.pumps*1440*args.days*7/c/1e6:.2f} M rows/s; "
+        print(f"ceiling (random readings as Arrow tables, no simulation): {spec.pumps*1440*args.days*7/c/1e6:.2f} M "
+              f"rows/s; "
               f"the simulator runs at {c/med:.2f} of it")
 
 

@@ -7,19 +7,9 @@ set -euo pipefail
 have_chromium() { command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; }
 have_chromium && exit 0
 
-if [ "$(id -u)" != 0 ]; then
-  echo "chromium is not installed: run 'sudo apt-get update && sudo apt-get install -y chromium' (or 'sudo $0'), then try again" >&2
-  exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "chromium is not installed and apt-get is missing: install Chromium with this system's package manager so that 'chromium' is on PATH" >&2
-  exit 1
-fi
-
-echo "Installing chromium with apt-get ..." >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
-
-have_chromium || { echo "apt-get install chromium finished but no chromium binary was found; check the apt output above" >&2; exit 1; }
+. "$(dirname "$0")/lib-apt.sh"
+apt_require_root chromium chromium \
+  "install Chromium with this system's package manager so that 'chromium' is on PATH"
+apt_install chromium fonts-dejavu-core
+apt_confirm chromium have_chromium
 echo "Installed chromium: $(command -v chromium)" >&2

@@ -8,14 +8,9 @@ set -euo pipefail
 have_mosquitto() { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; }
 have_mosquitto && exit 0
 
-if [ "$(id -u)" != 0 ]; then
-  echo "mosquitto is not installed: run 'sudo apt-get update && sudo apt-get install -y mosquitto' (or 'sudo $0'), then try again" >&2
-  exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "mosquitto is not installed and apt-get is missing: install Mosquitto 2 (broker and mosquitto_passwd) with this system's package manager" >&2
-  exit 1
-fi
+. "$(dirname "$0")/lib-apt.sh"
+apt_require_root mosquitto mosquitto \
+  "install Mosquitto 2 (broker and mosquitto_passwd) with this system's package manager"
 
 # Keep the package from starting its service: Debian's invoke-rc.d asks policy-rc.d, and 101 means "do not start".
 # Only when no policy is set already, and removed again on exit.
@@ -25,10 +20,7 @@ if [ ! -e "$policy" ]; then
   trap 'rm -f "$policy"' EXIT
 fi
 
-echo "Installing mosquitto with apt-get ..." >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
+apt_install mosquitto
 
 # In case a service started anyway: stop and disable the system broker, and kill only the pid it wrote.
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
@@ -44,5 +36,5 @@ if [ -s "$pidfile" ]; then
   rm -f "$pidfile"
 fi
 
-have_mosquitto || { echo "apt-get install mosquitto finished but no mosquitto binary was found; check the apt output above" >&2; exit 1; }
+apt_confirm mosquitto have_mosquitto
 echo "Installed mosquitto; its system service is stopped and disabled" >&2

@@ -8,25 +8,24 @@ from __future__ import annotations
 import os, pwd, shutil, signal, socket, subprocess, time
 from dataclasses import dataclass
 from pathlib import Path
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 def mosquitto_bin() -> str|None:
     "The mosquitto binary, or None (Debian puts it in /usr/sbin, often not on a user's PATH)."
-    return shutil.which('mosquitto') or next((p for p in ('/usr/sbin/mosquitto', '/usr/local/sbin/mosquitto') if os.access(p, os.X_OK)), None)
+    return shutil.which('mosquitto') or next((p for p in ('/usr/sbin/mosquitto',
+                                                          '/usr/local/sbin/mosquitto') if os.access(p, os.X_OK)), None)
 
 def ensure_mosquitto() -> str:
-    "The mosquitto binary, installed by scripts/ensure-mosquitto.sh if missing; RuntimeError saying what to do if it cannot be."
+    ("The mosquitto binary, installed by scripts/ensure-mosquitto.sh if missing; RuntimeError saying what to do if it "
+     "cannot be.")
     if (b := mosquitto_bin()): return b
     r = subprocess.run(['bash', str(ROOT/'scripts'/'ensure-mosquitto.sh')], capture_output=True, text=True, timeout=600)
     if r.returncode or not (b := mosquitto_bin()):
-        raise RuntimeError(f"these tests need a real Mosquitto broker and scripts/ensure-mosquitto.sh could not install it:\n{r.stderr.strip()}")
+        raise RuntimeError(f"these tests need a real Mosquitto broker and scripts/ensure-mosquitto.sh could not "
+                           f"install it:\n{r.stderr.strip()}")
     return b
-
-def free_port(host:str='127.0.0.1') -> int:
-    "A TCP port that was free a moment ago."
-    with socket.socket() as s:
-        s.bind((host, 0)); return s.getsockname()[1]
 
 @dataclass
 class Broker:
@@ -46,7 +45,9 @@ class Broker:
         if self.proc.poll() is None:
             self.proc.terminate()
             try: self.proc.wait(5)
-            except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
 
     def log_text(self) -> str: return self.log.read_text(errors='replace') if self.log.exists() else ''
 
@@ -82,14 +83,17 @@ def start_broker(tmp_path:Path|str, # a folder for the config, log and persisten
     (d/'data').mkdir(parents=True, exist_ok=True)
     for attempt in range(3):  # another process may take the free port before mosquitto binds it
         port, conf, log = free_port(host), d/'mosquitto.conf', d/f'mosquitto-{attempt}.log'
-        conf.write_text(CONF.format(port=port, host=host, passwd=Path(passwd_file).resolve(), acl=Path(acl_file).resolve(),
+        conf.write_text(CONF.format(port=port, host=host, passwd=Path(passwd_file).resolve(),
+                                    acl=Path(acl_file).resolve(),
                                     data=(d/'data').resolve(), user=pwd.getpwuid(os.getuid()).pw_name) + extra + '\n')
         with open(log, 'wb') as out:
-            proc = subprocess.Popen([exe, '-c', str(conf)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen([exe, '-c', str(conf)], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
         b, deadline = Broker(proc, host, port, conf, log), time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             if _listening(host, port): return b
             time.sleep(0.02)
         b.stop()
         if 'Address already in use' not in b.log_text(): break
-    raise RuntimeError(f"mosquitto did not start on {host}:{port} (exit status {proc.returncode}); its log:\n{b.log_text()}")
+    raise RuntimeError(f"mosquitto did not start on {host}:{port} (exit status {proc.returncode}); its "
+                       f"log:\n{b.log_text()}")

@@ -1,80 +1,14 @@
-"The HTTP service as a real uvicorn process on loopback: formats, partial acceptance, limits, auth, latest state, crash safety."
-import json, os, signal, socket, subprocess, sys, threading, time
-from pathlib import Path
-import httpx, numpy as np, pandas as pd, pytest
-from conftest import BIN
+("The HTTP service as a real uvicorn process on loopback: formats, partial acceptance, limits, auth, latest state, "
+ "crash safety.")
+import json, signal, socket, threading
+import httpx, pandas as pd, pytest
+from helpers import wait_for
+from projects import SERVE_CONFIG, Server, lake_rows, post, wait_rows
 from iot2ml.lake.store import Lake
 from iot2ml.ingest.devices import Registry
 
-def free_port() -> int:
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-CONFIG = """[ingest]
-flush_seconds = 0.3
-max_body_bytes = 262144
-max_batch = 2000
-rate_limit = 1000
-rate_burst = 2000
-port = {port}
-"""
-
-class Server:
-    "`iot2ml serve` in a subprocess on a free port; `env` adds IOT2ML_* variables; its stdout and stderr go to serve.log."
-    def __init__(self, root:Path, env:dict|None=None):
-        self.root, self.port, self.env = root, free_port(), env or {}
-        (root/'iot2ml.toml').write_text(CONFIG.format(port=self.port))
-        self.url = f"http://127.0.0.1:{self.port}"; self.proc = None
-    def start(self):
-        self.log = open(self.root/'serve.log', 'ab')
-        self.proc = subprocess.Popen([str(BIN/'iot2ml'), 'serve'], cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=os.environ | self.env)
-        for _ in range(200):
-            try:
-                if httpx.get(self.url + '/healthz', timeout=0.5).status_code == 200: return self
-            except httpx.HTTPError: pass
-            time.sleep(0.05)
-        raise AssertionError(f"server did not start: {(self.root/'serve.log').read_text()[-2000:]}")
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig); self.proc.wait(30)
-        self.log.close()
-
-@pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
-    reg = Registry(tmp_path/'state'/'registry.sqlite')
-    s.tokens = {d: reg.add(d, type='pump', site='north' if d != 'pump-0003' else 'south').token for d in ('pump-0001', 'pump-0002', 'pump-0003')}
-    s.tokens['gw'] = reg.add('gw-1', kind='gateway').token
-    reg.add('pump-0101', gateway_id='gw-1'); reg.add('pump-0102', gateway_id='gw-1')
-    s.tokens['admin'] = reg.add_admin('ops').token
-    s.reg = reg
-    s.start(); yield s; s.stop()
-
-def post(s, body, token='pump-0001', ct='application/json'):
-    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(s.url + '/v1/readings', content=data, headers={'Authorization': f"Bearer {s.tokens.get(token, token)}", 'content-type': ct}, timeout=10)
-
-def lake_rows(s, tier='raw'):
-    lk = Lake(s.root/'data'/'lake')
-    try: return lk.sql(f"SELECT * FROM {tier}.telemetry")
-    except Exception: return pd.DataFrame(columns=['device_id', 'ts', 'sensor', 'value'])
-
-def wait_for(fn, timeout=10):
-    t = time.time()
-    while time.time() - t < timeout:
-        v = fn()
-        if v is not None and v is not False: return v
-        time.sleep(0.05)
-    raise AssertionError('timed out')
-
-def wait_rows(s, n, timeout=10):
-    "The raw tier once it holds at least `n` readings."
-    def get():
-        d = lake_rows(s)
-        return d if len(d) >= n else None
-    return wait_for(get, timeout)
-
-R = lambda i=0, **kw: {'device_id': 'pump-0001', 'ts': f'2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z', 'sensor': 'flow', 'value': 1.0 + i} | kw
+R = lambda i=0, **kw: {'device_id': 'pump-0001', 'ts': f'2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z', 'sensor': 'flow',
+                       'value': 1.0 + i} | kw
 
 def test_formats_all_land(server):
     s = server
@@ -105,10 +39,12 @@ def test_partial_acceptance_and_messages(server):
     assert reasons[1] == ('value', "'abc' is not a number; send a number such as 12.5")
     assert reasons[2] == ('value', "is missing; every reading needs device_id, ts, sensor, value")
     assert reasons[3] == ('device_id', "is missing; every reading needs device_id, ts, sensor, value")
-    assert reasons[4] == ('ts', "'2026-01-01 00:04:00' has no time zone, so it is ambiguous; add 'Z' for UTC or an offset such as +01:00")
+    assert reasons[4] == ('ts', "'2026-01-01 00:04:00' has no time zone, so it is ambiguous; add 'Z' for UTC or an "
+                                "offset such as +01:00")
     assert reasons[5][1].endswith('is more than a day in the future; check the device clock')
     assert 'is not a valid device id' in reasons[6][1] and 'is not a valid device id' in reasons[7][1]
-    assert reasons[11] == ('device_id', "token for pump-0001 may not write readings of pump-0002; use that device's own token")
+    assert reasons[11] == ('device_id',
+                           "token for pump-0001 may not write readings of pump-0002; use that device's own token")
     assert reasons[12][1].startswith('is int, not an object')
     # NaN and Infinity as JSON literals fail per record, the rest of the batch is kept
     r = post(s, '[{"device_id":"pump-0001","ts":"2026-01-02T00:00:00Z","sensor":"flow","value":NaN},'
@@ -153,7 +89,8 @@ def test_auth(server):
     short = s.reg.add('pump-0009', expires_in='1s').token
     r = wait_for(lambda: (r := post(s, R(0, device_id='pump-0009'), token=short)).status_code != 200 and r)
     assert r.status_code == 401 and 'expired' in r.json()['error']
-    gw = post(s, [R(0, device_id='pump-0101'), R(0, device_id='pump-0102'), R(0, device_id='pump-0001')], token='gw').json()
+    gw = post(s, [R(0, device_id='pump-0101'), R(0, device_id='pump-0102'), R(0, device_id='pump-0001')],
+              token='gw').json()
     assert gw['accepted'] == 2 and gw['errors'][0]['index'] == 2
     assert post(s, R(0, device_id='pump-0002'), token='admin').json()['accepted'] == 1
 
@@ -170,7 +107,8 @@ def test_latest_state_and_metrics(server):
     post(s, R(5, value=99.0))                                        # older than what we have: never overwrites
     post(s, R(0, device_id='pump-0003', sensor='power', value=7.0), token='pump-0003')
     h = {'Authorization': f"Bearer {s.tokens['admin']}"}
-    d = wait_for(lambda: (r := httpx.get(s.url + '/v1/devices/pump-0001/latest', headers=h)).status_code == 200 and r.json())
+    d = wait_for(lambda: (r := httpx.get(s.url + '/v1/devices/pump-0001/latest',
+                                         headers=h)).status_code == 200 and r.json())
     assert d['sensors']['flow']['value'] == 2.0 and d['status'] == 'online'
     south = httpx.get(s.url + '/v1/latest', params={'site': 'south'}, headers=h).json()
     assert [(x['device_id'], x['sensor'], x['value']) for x in south] == [('pump-0003', 'power', 7.0)]
@@ -181,34 +119,46 @@ def test_latest_state_and_metrics(server):
     assert '/v1/readings' in httpx.get(s.url + '/openapi.json').json()['paths']
 
 def test_kill_9_loses_no_acknowledged_reading(tmp_path):
-    s = Server(tmp_path); reg = Registry(tmp_path/'state'/'registry.sqlite')
+    s = Server(tmp_path)
+    reg = Registry(tmp_path/'state'/'registry.sqlite')
     s.tokens = {'pump-0001': reg.add('pump-0001').token, 'admin': reg.add_admin('ops').token}
-    (tmp_path/'iot2ml.toml').write_text(CONFIG.format(port=s.port).replace('flush_seconds = 0.3', 'flush_seconds = 3600')   # nothing lands before the kill
-                                        .replace('rate_limit = 1000', 'rate_limit = 10000000').replace('rate_burst = 2000', 'rate_burst = 10000000'))
+    config = (SERVE_CONFIG.format(port=s.port)
+              .replace('flush_seconds = 0.3', 'flush_seconds = 3600')   # nothing lands before the kill
+              .replace('rate_limit = 1000', 'rate_limit = 10000000')
+              .replace('rate_burst = 2000', 'rate_burst = 10000000'))
+    (tmp_path/'iot2ml.toml').write_text(config)
     s.start()
     acked, stop = [], threading.Event()
     def load():
         i = 0
         with httpx.Client(timeout=5) as c:
             while not stop.is_set():
-                batch = [{'device_id': 'pump-0001', 'ts': int(1767225600 + i * 100 + k), 'sensor': 'flow', 'value': float(i)} for k in range(100)]
+                batch = [{'device_id': 'pump-0001', 'ts': int(1767225600 + i * 100 + k), 'sensor': 'flow',
+                          'value': float(i)} for k in range(100)]
                 try:
-                    r = c.post(s.url + '/v1/readings', json=batch, headers={'Authorization': f"Bearer {s.tokens['pump-0001']}"})
+                    r = c.post(s.url + '/v1/readings', json=batch,
+                               headers={'Authorization': f"Bearer {s.tokens['pump-0001']}"})
                     if r.status_code == 200: acked.append(i)
                 except httpx.HTTPError: return
                 i += 1
-    t = threading.Thread(target=load); t.start()
+    t = threading.Thread(target=load)
+    t.start()
     wait_for(lambda: len(acked) > 30, 30)
-    s.proc.send_signal(signal.SIGKILL); s.proc.wait(); stop.set(); t.join()
+    s.proc.send_signal(signal.SIGKILL)
+    s.proc.wait()
+    stop.set()
+    t.join()
     s.log.close()
     spooled = sum(p.stat().st_size for p in (tmp_path/'state'/'spool').glob('*/seg-*.wal'))
-    assert spooled > 100 * len(acked) and len(lake_rows(s)) == 0     # every acknowledged reading is in the spool, none in the lake
+    # every acknowledged reading is in the spool, none in the lake
+    assert spooled > 100 * len(acked) and len(lake_rows(s)) == 0
     s.start()                                                        # the restart replays the spool into the lake
     m = httpx.get(s.url + '/metrics', headers={'Authorization': f"Bearer {s.tokens['admin']}"}).text
     s.stop()
     replayed = int(next(l.split()[-1] for l in m.splitlines() if l.startswith('iot2ml_spool_replayed_rows_total')))
     assert replayed >= 100 * len(acked), (replayed, len(acked))
-    lk = Lake(tmp_path/'data'/'lake'); lk.process()
+    lk = Lake(tmp_path/'data'/'lake')
+    lk.process()
     df = lk.sql("SELECT CAST(value AS INT) AS batch, count(*) AS n FROM processed.telemetry GROUP BY 1")
     got = dict(zip(df['batch'], df['n']))
     assert all(got.get(i) == 100 for i in acked), [i for i in acked if got.get(i) != 100][:5]
@@ -218,8 +168,9 @@ def test_kill_9_loses_no_acknowledged_reading(tmp_path):
 def test_routes_and_transforms_from_the_config(tmp_path):
     "[[ingest.routes]] in iot2ml.toml: a transform converts units, a failing transform dead-letters only its records."
     s = Server(tmp_path)
-    (tmp_path/'transforms.py').write_text("def no_negatives(df):\n    if (df['value'] < 0).any(): raise ValueError('negative flow')\n    return df\n")
-    (tmp_path/'iot2ml.toml').write_text(CONFIG.format(port=s.port) + """
+    (tmp_path/'transforms.py').write_text("def no_negatives(df):\n    if (df['value'] < 0).any(): raise "
+                                          "ValueError('negative flow')\n    return df\n")
+    (tmp_path/'iot2ml.toml').write_text(SERVE_CONFIG.format(port=s.port) + """
 [[ingest.routes]]
 name = "temperatures"
 when = "sensor == 'bearing_temp'"
@@ -232,7 +183,8 @@ transforms = ["transforms.no_negatives"]
 """)
     s.tokens = {'pump-0001': Registry(tmp_path/'state'/'registry.sqlite').add('pump-0001').token}
     import os
-    env_pp = os.environ.get('PYTHONPATH'); os.environ['PYTHONPATH'] = str(tmp_path) + (os.pathsep + env_pp if env_pp else '')
+    env_pp = os.environ.get('PYTHONPATH')
+    os.environ['PYTHONPATH'] = str(tmp_path) + (os.pathsep + env_pp if env_pp else '')
     try: s.start()
     finally:
         if env_pp is None: os.environ.pop('PYTHONPATH')
@@ -240,31 +192,39 @@ transforms = ["transforms.no_negatives"]
     try:
         out = post(s, [R(0, sensor='bearing_temp', value=212, unit='degF'), R(1, value=-5.0), R(2, value=7.0)]).json()
         assert out['accepted'] == 2 and out['errors'][0]['index'] == 1
-        assert out['errors'][0]['reason'].startswith('transform transforms.no_negatives failed: ValueError: negative flow')
+        assert out['errors'][0]['reason'].startswith('transform transforms.no_negatives failed: ValueError: negative '
+                                                     'flow')
         df = wait_rows(s, 2)
-        assert sorted(zip(df['sensor'], df['value'], df['unit'].fillna(''))) == [('bearing_temp', 100.0, 'degC'), ('flow', 7.0, '')]
+        assert sorted(zip(df['sensor'], df['value'],
+                          df['unit'].fillna(''))) == [('bearing_temp', 100.0, 'degC'), ('flow', 7.0, '')]
     finally: s.stop()
 
-# -- read scopes: a device reads itself, a gateway the devices behind it, an admin everything ----------------------------
+# -- read scopes: a device reads itself, a gateway the devices behind it, an admin everything --------------------------
 
 ROLES = ('admin', 'device', 'gateway', 'none', 'revoked')
-OWN, GW, ALL = {'pump-0001'}, {'pump-0101', 'pump-0102'}, {'pump-0001', 'pump-0002', 'pump-0003', 'pump-0101', 'pump-0102'}
+OWN, GW, ALL = {'pump-0001'}, {'pump-0101', 'pump-0102'}, {'pump-0001', 'pump-0002', 'pump-0003', 'pump-0101',
+                                                           'pump-0102'}
 SITES = {'pump-0001': 'north', 'pump-0002': 'north', 'pump-0003': 'south', 'pump-0101': 'north', 'pump-0102': 'south'}
 
 @pytest.fixture(scope='module')
 def fleet(tmp_path_factory):
-    "A server with latest values and scores of five devices (pump-0101 and pump-0102 behind gateway gw-1), and a token per role."
+    ("A server with latest values and scores of five devices (pump-0101 and pump-0102 behind gateway gw-1), and a "
+     "token per role.")
     from iot2ml.serve.scoring import ensure_scores_table
     from iot2ml.ingest.state import LatestState
     root = tmp_path_factory.mktemp('fleet')
     s, reg = Server(root), Registry(root/'state'/'registry.sqlite')
     gw = reg.add('gw-1', kind='gateway').token
-    issued = {d: reg.add(d, site=site, gateway_id='gw-1' if d.startswith('pump-01') else None) for d, site in SITES.items()}
-    revoked = reg.add('pump-0004').token; reg.revoke('pump-0004')
-    s.tokens = {'admin': reg.add_admin('ops').token, 'device': issued['pump-0001'].token, 'gateway': gw, 'revoked': revoked}
+    issued = {d: reg.add(d, site=site, gateway_id='gw-1' if d.startswith('pump-01') else None) for d,
+              site in SITES.items()}
+    revoked = reg.add('pump-0004').token
+    reg.revoke('pump-0004')
+    s.tokens = {'admin': reg.add_admin('ops').token, 'device': issued['pump-0001'].token, 'gateway': gw,
+                'revoked': revoked}
     con = LatestState(root/'state'/'latest.sqlite').con
     ensure_scores_table(con)
-    con.executemany('INSERT INTO scores VALUES (?,?,?,?,?,?,?,?)', [(d, 0, 0, 'v1', 0.5, 0, None, None) for d in ALL]); con.commit()
+    con.executemany('INSERT INTO scores VALUES (?,?,?,?,?,?,?,?)', [(d, 0, 0, 'v1', 0.5, 0, None, None) for d in ALL])
+    con.commit()
     s.start()
     assert post(s, [R(0, device_id=d) for d in ALL], token='admin').json()['accepted'] == 5
     wait_for(lambda: len(call(s, 'admin', 'GET', '/v1/latest').json()) == 5)
@@ -278,29 +238,38 @@ def call(s, role, method, path, body=None):
 # (method, path, body) -> {role: status, or (status, the devices the answer shows)}; no token: 401, revoked: 403
 SCOPES = [
     (('GET', '/v1/devices/pump-0001/latest', None), {'admin': (200, OWN), 'device': (200, OWN), 'gateway': 403}),
-    (('GET', '/v1/devices/pump-0101/latest', None), {'admin': (200, {'pump-0101'}), 'device': 403, 'gateway': (200, {'pump-0101'})}),
-    (('GET', '/v1/devices/pump-0404/latest', None), {'admin': 404, 'device': 403, 'gateway': 403}),   # no probing for ids
+    (('GET', '/v1/devices/pump-0101/latest', None), {'admin': (200, {'pump-0101'}), 'device': 403,
+                                                     'gateway': (200, {'pump-0101'})}),
+    # no probing for ids
+    (('GET', '/v1/devices/pump-0404/latest', None), {'admin': 404, 'device': 403, 'gateway': 403}),
     (('GET', '/v1/latest', None), {'admin': (200, ALL), 'device': (200, OWN), 'gateway': (200, GW)}),
-    (('GET', '/v1/latest?site=north', None), {'admin': (200, {'pump-0001', 'pump-0002', 'pump-0101'}), 'device': (200, OWN),
+    (('GET', '/v1/latest?site=north', None), {'admin': (200, {'pump-0001', 'pump-0002', 'pump-0101'}),
+                                              'device': (200, OWN),
                                               'gateway': (200, {'pump-0101'})}),
-    (('GET', '/v1/latest?site=south&sensor=flow', None), {'admin': (200, {'pump-0003', 'pump-0102'}), 'device': (200, set()),
+    (('GET', '/v1/latest?site=south&sensor=flow', None), {'admin': (200, {'pump-0003', 'pump-0102'}),
+                                                          'device': (200, set()),
                                                           'gateway': (200, {'pump-0102'})}),
     (('GET', '/v1/scores', None), {'admin': (200, ALL), 'device': (200, OWN), 'gateway': (200, GW)}),
     (('GET', '/v1/scores?alert=0', None), {'admin': (200, ALL), 'device': (200, OWN), 'gateway': (200, GW)}),
     (('GET', '/v1/scores?device=pump-0001', None), {'admin': (200, OWN), 'device': (200, OWN), 'gateway': 403}),
-    (('GET', '/v1/scores?device=pump-0101&device=pump-0002', None), {'admin': (200, {'pump-0101', 'pump-0002'}), 'device': 403, 'gateway': 403}),
+    (('GET', '/v1/scores?device=pump-0101&device=pump-0002', None), {'admin': (200, {'pump-0101', 'pump-0002'}),
+                                                                     'device': 403, 'gateway': 403}),
     # 503: past the scope check, stopped by the missing champion model
     (('POST', '/v1/predict', {'devices': ['pump-0001']}), {'admin': 503, 'device': 503, 'gateway': 403}),
     (('POST', '/v1/predict', {'devices': ['pump-0101', 'pump-0102']}), {'admin': 503, 'device': 403, 'gateway': 503}),
-    (('POST', '/v1/predict', {'rows': [{'device_id': 'pump-0001', 'x': 1.0}]}), {'admin': 503, 'device': 503, 'gateway': 403}),
+    (('POST', '/v1/predict', {'rows': [{'device_id': 'pump-0001', 'x': 1.0}]}),
+     {'admin': 503, 'device': 503, 'gateway': 403}),
     (('POST', '/v1/predict', {'rows': [{'device_id': 'pump-0102', 'x': 1.0}, {'device_id': 'pump-0002', 'x': 1.0}]}),
      {'admin': 503, 'device': 403, 'gateway': 403}),
-    (('POST', '/v1/predict', {'rows': [{'x': 1.0}]}), {'admin': 503, 'device': 403, 'gateway': 403}),   # rows of no device: admins only
+    # rows of no device: admins only
+    (('POST', '/v1/predict', {'rows': [{'x': 1.0}]}), {'admin': 503, 'device': 403, 'gateway': 403}),
     (('GET', '/metrics', None), {'admin': 200, 'device': 403, 'gateway': 403}),
-    (('POST', '/v1/readings', R(0)), {'admin': 200, 'device': 200, 'gateway': 422}),   # writes: pump-0001 is not behind gw-1
+    # writes: pump-0001 is not behind gw-1
+    (('POST', '/v1/readings', R(0)), {'admin': 200, 'device': 200, 'gateway': 422}),
     (('GET', '/healthz', None), {'admin': 200, 'device': 200, 'gateway': 200, 'none': 200, 'revoked': 200}),
 ]
-CASES = [pytest.param(req, role, exp.get(role, {'none': 401, 'revoked': 403}.get(role)), id=f"{req[0]} {req[1]} {req[2] or ''} as {role}")
+CASES = [pytest.param(req, role, exp.get(role, {'none': 401, 'revoked': 403}.get(role)),
+                      id=f"{req[0]} {req[1]} {req[2] or ''} as {role}")
          for req, exp in SCOPES for role in ROLES]
 
 @pytest.mark.parametrize('req,role,expected', CASES)
@@ -313,17 +282,21 @@ def test_read_scopes(fleet, req, role, expected):
         assert {x['device_id'] for x in (out if isinstance(out, list) else [out])} == visible
     if status == 403 and role in ('device', 'gateway'):
         who = {'device': 'pump-0001', 'gateway': 'gw-1'}[role]
-        assert r.json()['error'].startswith(f"token for {who} may ") and ('may read only' in r.json()['error'] or 'admin' in r.json()['error'])
+        assert r.json()['error'].startswith(f"token for {who} may ")
+        assert 'may read only' in r.json()['error'] or 'admin' in r.json()['error']
 
-# -- limits of a stricter server: rejects charged to the rate limit, slow and vanishing bodies ----------------------------
+# -- limits of a stricter server: rejects charged to the rate limit, slow and vanishing bodies -------------------------
 
 @pytest.fixture
 def strict(tmp_path):
-    "A server with a small rate limit (1,000 readings/s, bursts of 2,000), batches up to 100,000 and a 1 s body read timeout."
+    ("A server with a small rate limit (1,000 readings/s, bursts of 2,000), batches up to 100,000 and a 1 s body read "
+     "timeout.")
     s = Server(tmp_path, env={'IOT2ML_INGEST__RATE_LIMIT': '1000', 'IOT2ML_INGEST__RATE_BURST': '2000',
                               'IOT2ML_INGEST__MAX_BATCH': '100000', 'IOT2ML_INGEST__READ_TIMEOUT': '1'})
     s.tokens = {'pump-0001': Registry(tmp_path/'state'/'registry.sqlite').add('pump-0001').token}
-    s.start(); yield s; s.stop()
+    s.start()
+    yield s
+    s.stop()
 
 def test_rejected_records_are_charged_to_the_rate_limit(strict):
     body = '[' + ','.join(['1'] * 50_000) + ']'                    # 50,000 records, every one rejected
@@ -352,7 +325,8 @@ def test_a_stalled_body_gets_408_and_a_closed_connection(strict, chunked):
     assert got.startswith(b'HTTP/1.1 408') and b'read_timeout' in got, got[:300]
     assert post(strict, R(0)).status_code == 200                            # the server goes on
 
-@pytest.mark.parametrize('sent', [b'', b'POST /v1/readings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl'], ids=['nothing', 'half the headers'])
+@pytest.mark.parametrize('sent', [b'', b'POST /v1/readings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl'],
+                         ids=['nothing', 'half the headers'])
 def test_a_connection_stalling_before_its_headers_end_is_closed(strict, sent):
     "Slowloris: a client that connects and never finishes its request line and headers is cut off after read_timeout."
     sock = socket.create_connection(('127.0.0.1', strict.port), timeout=30)

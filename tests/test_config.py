@@ -5,7 +5,9 @@ from iot2ml.config import load_settings, load_params, ConfigError
 @pytest.fixture
 def toml(tmp_path):
     def write(text):
-        p = tmp_path/'iot2ml.toml'; p.write_text(text); return p
+        p = tmp_path/'iot2ml.toml'
+        p.write_text(text)
+        return p
     return write
 
 def test_file_then_env_then_overrides(toml, monkeypatch):
@@ -16,7 +18,8 @@ def test_file_then_env_then_overrides(toml, monkeypatch):
     assert (s.simulate.pumps, s.simulate.days) == (11, 5)
 
 def test_unknown_key_in_file_names_it_and_suggests(toml):
-    with pytest.raises(ConfigError, match=r"^unknown key 'lake\.compresion' in .*iot2ml\.toml; did you mean 'lake\.compression'\?$"):
+    with pytest.raises(ConfigError,
+                       match=r"^unknown key 'lake\.compresion' in .*iot2ml\.toml; did you mean 'lake\.compression'\?$"):
         load_settings(toml('[lake]\ncompresion = "zstd"\n'))
 
 def test_unknown_section(toml):
@@ -25,16 +28,19 @@ def test_unknown_section(toml):
 
 def test_unknown_env_variable(toml, monkeypatch):
     monkeypatch.setenv('IOT2ML_LAEK__COMPRESSION', 'zstd')
-    with pytest.raises(ConfigError, match=r"unknown environment variable IOT2ML_LAEK__COMPRESSION; did you mean 'IOT2ML_LAKE'\?"):
+    with pytest.raises(ConfigError,
+                       match=r"unknown environment variable IOT2ML_LAEK__COMPRESSION; did you mean 'IOT2ML_LAKE'\?"):
         load_settings(toml(''))
 
 def test_unknown_nested_env_key(toml, monkeypatch):
     monkeypatch.setenv('IOT2ML_LAKE__COMPRESION', 'zstd')
-    with pytest.raises(ConfigError, match=r"unknown key 'lake\.compresion' in IOT2ML_LAKE__COMPRESION; did you mean 'lake\.compression'\?"):
+    with pytest.raises(ConfigError, match=r"unknown key 'lake\.compresion' in IOT2ML_LAKE__COMPRESION; did you mean "
+                                          r"'lake\.compression'\?"):
         load_settings(toml(''))
 
 def test_bad_value_names_key_and_source(toml):
-    with pytest.raises(ConfigError, match=r"'simulate\.pumps' in .*iot2ml\.toml is 'many': input should be a valid integer"):
+    with pytest.raises(ConfigError,
+                       match=r"'simulate\.pumps' in .*iot2ml\.toml is 'many': input should be a valid integer"):
         load_settings(toml('[simulate]\npumps = "many"\n'))
 
 def test_bad_toml(toml):
@@ -42,8 +48,10 @@ def test_bad_toml(toml):
         load_settings(toml('[simulate\n'))
 
 def test_params_unknown_key(tmp_path):
-    p = tmp_path/'params.yaml'; p.write_text('train:\n  max_iters: 10\n')
-    with pytest.raises(ConfigError, match=r"unknown key 'train\.max_iters' in .*params\.yaml; did you mean 'train\.max_iter'\?"):
+    p = tmp_path/'params.yaml'
+    p.write_text('train:\n  max_iters: 10\n')
+    with pytest.raises(ConfigError,
+                       match=r"unknown key 'train\.max_iters' in .*params\.yaml; did you mean 'train\.max_iter'\?"):
         load_params(p)
 
 def test_repo_params_and_config_load():

@@ -26,7 +26,8 @@ def test_batch_and_online_features_agree(lake, tmp_path):
     assert list(online.columns) == list(batch.columns) and len(online) == agg['device_id'].nunique()
     cols = feature_columns(batch)
     assert len(cols) > 300
-    assert online[cols].notna().to_numpy().mean() > 0.8          # the window holds enough history: real numbers, not NaN
+    # the window holds enough history: real numbers, not NaN
+    assert online[cols].notna().to_numpy().mean() > 0.8
     pd.testing.assert_frame_equal(online[cols], last[cols], rtol=1e-7, atol=1e-9)
 
 def test_latest_state_keeps_enough_history_for_the_default_features():

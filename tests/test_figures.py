@@ -32,7 +32,8 @@ PLOTS = [
     ('plot_pr', "ev.plot_pr(ev.pr_table(y, score), {'model': (0.5, 0.5)})"),
     ('plot_confusion', "ev.plot_confusion(y, pred['alert'])"),
     ('plot_risk_timeline', "ev.plot_risk_timeline(pred, log, ['pump-0001', 'pump-0002'], 0.5)"),
-    ('plot_detection', "ev.plot_detection(sig, sig.abs(), (sig > 0.9).astype(int), [(sig.index[20], sig.index[30])], 0.9)"),
+    ('plot_detection',
+     "ev.plot_detection(sig, sig.abs(), (sig > 0.9).astype(int), [(sig.index[20], sig.index[30])], 0.9)"),
     ('plot_coverage', "ex.plot_coverage(ex.data_quality(lake))"),
     ('plot_device', "ex.plot_device(lake, 'pump-0001')"),
     ('plot_reliability', "mo.plot_reliability({'model': mo.reliability_table(y, score)})"),
@@ -77,9 +78,11 @@ def check_cells(cells, stage:str):
 
 
 def test_every_library_figure_is_one_image(tmp_path):
-    "Each plotting function shows one PNG in a bare kernel, inside the picker's Output widget, and after `%matplotlib inline`."
+    ("Each plotting function shows one PNG in a bare kernel, inside the picker's Output widget, and after `%matplotlib "
+     "inline`.")
     n = len(PLOTS)
-    nb = run([SETUP] + [code for _, code in PLOTS] + [PICKER, '%matplotlib inline'] + [code for _, code in PLOTS], tmp_path)
+    nb = run([SETUP] + [code for _, code in PLOTS] + [PICKER, '%matplotlib inline'] + [code for _, code in PLOTS],
+             tmp_path)
     check_cells(nb.cells[1:1 + n], 'no matplotlib backend')
     check_cells(nb.cells[n + 3:], 'after %matplotlib inline')
     picker = widget_outputs(nb)
@@ -87,7 +90,7 @@ def test_every_library_figure_is_one_image(tmp_path):
     assert not [o for c in nb.cells for o in c.outputs if o.get('name') == 'stderr'], "a cell wrote to stderr"
 
 
-# -- the train walkthrough with its defaults (issue 9, items 2 and 3) ---------------------------------------------------
+# -- the train walkthrough with its defaults (issue 9, items 2 and 3) --------------------------------------------------
 
 WALLS = ('does not have valid feature names', 'without encryption', 'np.float64(', '<Figure', 'calibration skipped',
          'no cross-validation fold', 'no validation fold holds a failure', 'NOT DONE')
@@ -106,7 +109,8 @@ def texts(nb) -> str:
 
 @pytest.mark.slow
 def test_train_walkthrough_shows_everything_without_walls(tmp_path):
-    "workflows/train.ipynb run as papermill runs it (defaults: the example fleet) shows every section, images and no warnings."
+    ("workflows/train.ipynb run as papermill runs it (defaults: the example fleet) shows every section, images and no "
+     "warnings.")
     from conftest import ROOT, run as sh
     out = tmp_path/'train.ipynb'
     r = sh(['papermill', '--engine', 'iot2ml', '--log-level', 'WARNING', '--no-progress-bar',
@@ -115,8 +119,10 @@ def test_train_walkthrough_shows_everything_without_walls(tmp_path):
     nb = nbformat.read(out, as_version=4)
     shown = texts(nb)
     assert not [w for w in WALLS if w in shown], [w for w in WALLS if w in shown]
-    assert not [o for c in nb.cells for o in c.get('outputs', []) if o.get('name') == 'stderr'], "a cell wrote to stderr"
-    assert not [o for c in nb.cells for o in c.get('outputs', []) if 'application/vnd.jupyter.widget-view+json' in o.get('data', {})]
+    assert not [o for c in nb.cells for o in c.get('outputs',
+                                                   []) if o.get('name') == 'stderr'], "a cell wrote to stderr"
+    assert not [o for c in nb.cells for o in c.get('outputs', [])
+                if 'application/vnd.jupyter.widget-view+json' in o.get('data', {})]
     code = [c for c in nb.cells if c.cell_type == 'code']
     assert [images(c.outputs) for c in code if 'plot_' in c.source] == [1, 1, 1]     # folds, reliability, cost curve
     summary = next(c for c in code if 'pipeline.train(' in c.source).outputs[0]['text']

@@ -1,11 +1,12 @@
-"""A real JupyterLab in a real Chromium: `make lab` serves the project, `nbs/lake/01_explore.ipynb` runs top to bottom on a
-lake, its figures are images (not `<Figure size ...>` text) and the device picker redraws its image.
+"""A real JupyterLab in a real Chromium: `make lab` serves the project, `nbs/lake/01_explore.ipynb` runs top to bottom
+on a lake, its figures are images (not `<Figure size ...>` text) and the device picker redraws its image.
 
 Chromium is Debian's (`scripts/ensure-chromium.sh`, which `make pytest` runs), driven by the `playwright` package with
 `executable_path`. Screenshots go to build/screenshots/."""
-import json, os, re, secrets, shutil, signal, socket, subprocess, urllib.request
+import json, os, re, secrets, shutil, signal, subprocess, urllib.request
 from pathlib import Path
 import pytest
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = 'nbs/lake/01_explore.ipynb'
@@ -21,12 +22,9 @@ TIMEOUT_MS = 240_000   # the whole notebook on 2 busy cores
 
 def _chromium() -> str:
     exe = shutil.which('chromium') or '/usr/bin/chromium'
-    if not Path(exe).exists(): pytest.fail("chromium is not installed: run 'bash scripts/ensure-chromium.sh' (as root), then the test again")
+    if not Path(exe).exists(): pytest.fail("chromium is not installed: run 'bash scripts/ensure-chromium.sh' (as "
+                                           "root), then the test again")
     return exe
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 def _get(url:str):
     with urllib.request.urlopen(url, timeout=5) as r: return json.loads(r.read() or b'null')
@@ -54,10 +52,13 @@ def small_lake(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def lab(tmp_path_factory, small_lake):
-    "JupyterLab started with `make lab` on a free port, the project's data folder pointed at `small_lake`; stopped after."
-    port, token, tmp = _free_port(), secrets.token_hex(16), tmp_path_factory.mktemp('lab')
+    ("JupyterLab started with `make lab` on a free port, the project's data folder pointed at `small_lake`; stopped "
+     "after.")
+    port, token, tmp = free_port(), secrets.token_hex(16), tmp_path_factory.mktemp('lab')
     for name, value in LAB_SETTINGS.items():
-        f = tmp/'settings'/f'{name}.jupyterlab-settings'; f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(value))
+        f = tmp/'settings'/f'{name}.jupyterlab-settings'
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(value))
     args = (f'--no-browser --port={port} --IdentityProvider.token={token} --ServerApp.ip=127.0.0.1 '
             f'--LabApp.user_settings_dir={tmp/"settings"} --LabApp.workspaces_dir={tmp/"workspaces"}')
     log = tmp/'lab.log'
@@ -76,15 +77,19 @@ def lab(tmp_path_factory, small_lake):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try: proc.wait(timeout=30)
-        except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
         after = (ROOT/NOTEBOOK).read_bytes()
         if after != before: (ROOT/NOTEBOOK).write_bytes(before)
     assert after == before, f"the browser run changed {NOTEBOOK} (autosave?); it was restored"
 
 
 ALL_RUN = """() => {
-  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim());
-  const error = document.querySelector('.jp-Notebook [data-mime-type="application/vnd.jupyter.stderr"], .jp-Notebook .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]');
+  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+    .map(p => p.textContent.trim());
+  const error = document.querySelector('.jp-Notebook [data-mime-type="application/vnd.jupyter.stderr"], '
+    + '.jp-Notebook .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]');
   return error !== null || (prompts.length > 0 && prompts.every(p => /^\\[\\d+\\]:$/.test(p)));
 }"""
 
@@ -96,29 +101,35 @@ def test_explore_runs_in_jupyterlab_with_image_figures_and_a_live_picker(lab, sm
         browser = pw.chromium.launch(executable_path=_chromium(), headless=True)
         try:
             page = browser.new_page(viewport={'width': 1400, 'height': 1000})
-            page.set_default_timeout(60_000); expect.set_options(timeout=60_000)
+            page.set_default_timeout(60_000)
+            expect.set_options(timeout=60_000)
             page.goto(f"{lab['base']}/lab/tree/{NOTEBOOK}?token={lab['token']}")
             nb = page.locator('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook')
             expect(nb.locator('.jp-Cell').first).to_be_visible()
-            expect(page.get_by_text(re.compile(r'^Python 3 \(ipykernel\) \| Idle$'))).to_be_visible(timeout=120_000)   # the status bar
+            # the status bar
+            expect(page.get_by_text(re.compile(r'^Python 3 \(ipykernel\) \| Idle$'))).to_be_visible(timeout=120_000)
 
             page.locator('#jp-MainMenu').get_by_text('Run', exact=True).click()
             page.get_by_text('Run All Cells', exact=True).click()
             try: page.wait_for_function(ALL_RUN, timeout=TIMEOUT_MS, polling=500)
             finally: page.screenshot(path=SHOTS/'explore_after_run_all.png')
-            expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_have_count(1, timeout=TIMEOUT_MS)
+            idle = page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
+            expect(idle).to_have_count(1, timeout=TIMEOUT_MS)
             page.screenshot(path=SHOTS/'explore_top.png')
 
-            errors = nb.locator('[data-mime-type="application/vnd.jupyter.stderr"], [data-mime-type="application/vnd.jupyter.error"]')
+            errors = nb.locator('[data-mime-type="application/vnd.jupyter.stderr"], '
+                                '[data-mime-type="application/vnd.jupyter.error"]')
             assert errors.count() == 0, errors.first.inner_text()[:2000]
             outputs = nb.locator('.jp-OutputArea-output').all_inner_texts()
-            assert any(f"the lake at {small_lake/'lake'}" in t for t in outputs), outputs[:3]   # the lake, not the example
+            # the lake, not the example
+            assert any(f"the lake at {small_lake/'lake'}" in t for t in outputs), outputs[:3]
             assert not [t for t in outputs if '<Figure size' in t], "a figure rendered as text, not as an image"
             assert nb.locator('.jp-OutputArea-output img').count() >= 3   # coverage, one device, the picker's drawing
 
             picker = nb.locator('.widget-vbox').filter(has=page.locator('.widget-dropdown')).first
             picker.scroll_into_view_if_needed()
-            expect(picker.get_by_text(re.compile(r'^\d{4}-\d\d-\d\d to \d{4}-\d\d-\d\d$'))).to_have_count(1)   # both days in full
+            # both days in full
+            expect(picker.get_by_text(re.compile(r'^\d{4}-\d\d-\d\d to \d{4}-\d\d-\d\d$'))).to_have_count(1)
             img = picker.locator('.widget-output img').first
             expect(img).to_be_visible()
             src = img.get_attribute('src')
@@ -129,7 +140,8 @@ def test_explore_runs_in_jupyterlab_with_image_figures_and_a_live_picker(lab, sm
             page.wait_for_function("([el, old]) => el.isConnected && el.src !== old || !el.isConnected",
                                    arg=[img.element_handle(), src], timeout=60_000)
             expect(picker.locator('.widget-output img')).to_have_count(1)
-            assert picker.locator('.widget-output img').first.get_attribute('src') != src, "the picker did not redraw its image"
+            assert picker.locator('.widget-output img').first.get_attribute('src') != src, ("the picker did not redraw "
+                                                                                            "its image")
             picker.screenshot(path=SHOTS/'explore_picker_after.png')
             page.screenshot(path=SHOTS/'explore_page.png', full_page=True)
         finally:
@@ -143,14 +155,16 @@ def test_walkthrough_lake_prefers_the_project_lake_and_says_when_it_falls_back(s
     monkeypatch.setenv('IOT2ML_DATA_DIR', str(small_lake))
     lake, note = walkthrough_lake()
     assert lake.root == small_lake/'lake' and note.startswith(f"data: the lake at {small_lake/'lake'}")
-    monkeypatch.setenv('IOT2ML_DATA_DIR', str(tmp_path))           # a project whose lake is empty: the example, said out loud
+    # a project whose lake is empty: the example, said out loud
+    monkeypatch.setenv('IOT2ML_DATA_DIR', str(tmp_path))
     lake, note = walkthrough_lake()
     assert lake.root != tmp_path/'lake' and 'EXAMPLE fleet' in note and str(tmp_path/'lake') in note
     with pytest.raises(LakeError, match='holds no processed'):     # a lake asked for by name is never swapped
         walkthrough_lake(tmp_path/'lake')
 
 
-def _outputs(nb:dict) -> list[dict]: return [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', [])]
+def _outputs(nb:dict) -> list[dict]:
+    return [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', [])]
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['ml/03_detect', 'lake/01_explore'])
@@ -159,16 +173,19 @@ def test_walkthrough_runs_on_the_lake_given_as_parameter(name, small_lake, tmp_p
     import papermill as pm
     out = tmp_path/f"{name.replace('/', '_')}.ipynb"
     run = lambda: pm.execute_notebook(ROOT/'nbs'/f'{name}.ipynb', out, parameters={'lake_dir': str(small_lake/'lake')},
-                                      cwd=(ROOT/'nbs'/name).parent, kernel_name='python3', progress_bar=False, execution_timeout=240)
+                                      cwd=(ROOT/'nbs'/name).parent, kernel_name='python3', progress_bar=False,
+                                      execution_timeout=240)
     try: run()
     except TimeoutError as e:
         # Once in four full runs on 2 busy workers a cell never got its reply (the notebook takes ~30 s; the kernel's
         # random TCP ports are a suspect). Say so, and run it once more with a new kernel: the same checks apply.
-        print(f"{name}: a cell got no reply within 240 s ({str(e)[:200]}); running the notebook once more with a new kernel")
+        print(f"{name}: a cell got no reply within 240 s ({str(e)[:200]}); running the notebook once more with a new "
+              f"kernel")
         run()
     outs = _outputs(json.loads(out.read_text()))
     text = ''.join(''.join(o.get('text', '')) for o in outs if o['output_type'] == 'stream')
     assert f"data: the lake at {small_lake/'lake'}" in text and 'EXAMPLE' not in text
     assert any('image/png' in o.get('data', {}) for o in outs)
-    as_text = [o for o in outs if 'image/png' not in o.get('data', {}) and '<Figure size' in ''.join(o.get('data', {}).get('text/plain', ''))]
+    as_text = [o for o in outs if 'image/png' not in o.get('data', {})
+               and '<Figure size' in ''.join(o.get('data', {}).get('text/plain', ''))]
     assert not as_text, "a figure is text, not an image"

@@ -5,12 +5,14 @@ import numpy as np, pandas as pd, pyarrow as pa, pyarrow.parquet as pq, pytest
 from iot2ml.lake.store import HOURLY_SCHEMA, Lake, LakeError, SqlRefused, SqlTimeout, atomic_path
 from iot2ml.schema import RAW_SCHEMA
 
-def batch(devices=('pump-0001', 'pump-0002'), sensors=('flow', 'power'), start='2026-01-01 00:00', minutes=60, arrival=None, value=None, seed=0):
+def batch(devices=('pump-0001', 'pump-0002'), sensors=('flow', 'power'), start='2026-01-01 00:00', minutes=60,
+          arrival=None, value=None, seed=0):
     rng = np.random.default_rng(seed)
     ts = pd.date_range(start, periods=minutes, freq='1min', tz='UTC')
     df = pd.DataFrame([(d, t, s) for d in devices for s in sensors for t in ts], columns=['device_id', 'ts', 'sensor'])
     df['value'] = rng.normal(size=len(df)) if value is None else value
-    df['unit'] = 'x'; df['quality'] = np.uint8(0)
+    df['unit'] = 'x'
+    df['quality'] = np.uint8(0)
     df['arrival_ts'] = pd.Timestamp(arrival, tz='UTC') if arrival else df['ts'] + pd.Timedelta('30s')
     return pa.Table.from_pandas(df, preserve_index=False)
 
@@ -19,7 +21,8 @@ def lake(tmp_path): return Lake(tmp_path/'lake', fsync=False)
 
 def test_round_trip(lake):
     b = batch(minutes=120)
-    lake.land(b, 'b1'); lake.process()
+    lake.land(b, 'b1')
+    lake.process()
     got = lake.read('telemetry')
     want = b.to_pandas().drop(columns='arrival_ts').sort_values(['device_id', 'sensor', 'ts'], ignore_index=True)
     assert len(got) == len(want)
@@ -83,7 +86,9 @@ def test_partition_pruning_and_filters(lake):
     assert list(w.columns) == ['flow', 'power'] and len(w) == 5
 
 def test_catalog_entries(lake):
-    lake.land(batch(minutes=30), 'b1'); lake.process(); lake.publish_hourly()
+    lake.land(batch(minutes=30), 'b1')
+    lake.process()
+    lake.publish_hourly()
     cat = lake.catalog().set_index(['tier', 'name'])
     assert set(cat.index) == {('raw', 'telemetry'), ('processed', 'telemetry'), ('published', 'telemetry_hourly')}
     e = cat.loc[('processed', 'telemetry')]
@@ -92,10 +97,14 @@ def test_catalog_entries(lake):
     assert [c[0] for c in e['schema']] == ['device_id', 'ts', 'sensor', 'value', 'unit', 'quality']
 
 def test_hourly_aggregate_matches_pandas(lake):
-    "Every statistic of the hourly aggregate (mean, min, max, std, last, count) equals pandas', and the published tier holds the same."
-    lake.land(batch(minutes=180), 'b1'); lake.process(); lake.publish_hourly()
+    ("Every statistic of the hourly aggregate (mean, min, max, std, last, count) equals pandas', and the published "
+     "tier holds the same.")
+    lake.land(batch(minutes=180), 'b1')
+    lake.process()
+    lake.publish_hourly()
     a = lake.aggregate(every='1 hour')
-    df = lake.read('telemetry'); df['ts'] = df['ts'].dt.floor('1h')      # rows sorted by ts: pandas' last is the newest
+    df = lake.read('telemetry')
+    df['ts'] = df['ts'].dt.floor('1h')      # rows sorted by ts: pandas' last is the newest
     stats = [c for c in HOURLY_SCHEMA.names if c not in ('device_id', 'ts', 'sensor')]
     assert stats == ['mean', 'min', 'max', 'std', 'last', 'count']
     p = df.groupby(['device_id', 'sensor', 'ts'])['value'].agg(stats).reset_index()[HOURLY_SCHEMA.names]
@@ -114,10 +123,13 @@ def test_sql_is_read_only_and_errors_are_plain(lake):
 
 @pytest.fixture
 def full_lake(tmp_path, monkeypatch):
-    "A lake with every kind of view (raw, processed, published, reference) and a Parquet file outside it; cwd is tmp_path."
+    ("A lake with every kind of view (raw, processed, published, reference) and a Parquet file outside it; cwd is "
+     "tmp_path.")
     monkeypatch.chdir(tmp_path)
     lk = Lake(tmp_path/'data'/'lake', fsync=False)
-    lk.land(batch(minutes=90), 'b1'); lk.process(); lk.publish_hourly()
+    lk.land(batch(minutes=90), 'b1')
+    lk.process()
+    lk.publish_hourly()
     lk.write_reference('assets', pd.DataFrame({'device_id': ['pump-0001', 'pump-0002'], 'site': ['north', 'south']}))
     (tmp_path/'data'/'outside').mkdir()
     pq.write_table(pa.table({'secret': [42]}), tmp_path/'data'/'outside'/'secret.parquet')
@@ -130,13 +142,16 @@ ESCAPES = {   # every escape found in issue 8, and the other ways out: each must
     'second statement': ("SELECT 1; COPY (SELECT 42 AS x) TO 'x.csv'", "exactly one statement"),
     'explain analyze copy': ("EXPLAIN ANALYZE COPY (SELECT 7) TO 'y.csv'", "EXPLAIN statement"),
     'explain': ("EXPLAIN SELECT 1", "EXPLAIN statement"),
-    'copy into the lake': ("COPY (SELECT * FROM raw.telemetry LIMIT 1) TO '{lake}/raw/telemetry/date=2026-11-01/zz.parquet'", "COPY statement"),
+    'copy into the lake': ("COPY (SELECT * FROM raw.telemetry LIMIT 1) TO "
+                           "'{lake}/raw/telemetry/date=2026-11-01/zz.parquet'", "COPY statement"),
     'copy to a file': ("COPY (SELECT 42 AS x) TO 'x.csv'", "COPY statement"),
     'read /etc/passwd': ("SELECT * FROM read_csv('/etc/passwd')", "only the lake's own files"),
     'read_text': ("SELECT * FROM read_text('/etc/hostname')", "only the lake's own files"),
     'glob /root': ("SELECT * FROM glob('/root/*')", "only the lake's own files"),
-    'parquet outside the lake': ("SELECT * FROM read_parquet('{tmp}/data/outside/secret.parquet')", "only the lake's own files"),
-    'dot-dot out of the lake': ("SELECT * FROM read_parquet('{lake}/../outside/secret.parquet')", "only the lake's own files"),
+    'parquet outside the lake': ("SELECT * FROM read_parquet('{tmp}/data/outside/secret.parquet')",
+                                 "only the lake's own files"),
+    'dot-dot out of the lake': ("SELECT * FROM read_parquet('{lake}/../outside/secret.parquet')",
+                                "only the lake's own files"),
     'attach': ("ATTACH 'x.db' AS x", "ATTACH statement"),
     'attach and create': ("ATTACH 'x.db' AS x; CREATE TABLE x.t AS SELECT 1", "exactly one statement"),
     'create table': ("CREATE TABLE t AS SELECT 1", "CREATE statement"),
@@ -160,10 +175,12 @@ def test_sql_sandbox_refuses_every_escape(full_lake, tmp_path, name):
     with pytest.raises(SqlRefused, match=re.escape(reason)) as e:
         full_lake.sql(query.format(lake=full_lake.root.resolve(), tmp=tmp_path))
     assert '\n' not in str(e.value)
-    assert _files(tmp_path) == before          # nothing planted in the lake, no x.csv / y.csv / x.db in the working folder
+    # nothing planted in the lake, no x.csv / y.csv / x.db in the working folder
+    assert _files(tmp_path) == before
 
 def test_sql_sandbox_reads_every_view_of_the_lake(full_lake):
-    "Legitimate queries still work: every tier, the plain names, reference tables, DESCRIBE/SUMMARIZE, the lake's own files."
+    ("Legitimate queries still work: every tier, the plain names, reference tables, DESCRIBE/SUMMARIZE, the lake's own "
+     "files.")
     q = lambda sql: full_lake.sql(sql).iloc[0, 0]
     assert q("SELECT count(*) FROM raw.telemetry") == 360 and q("SELECT count(*) FROM processed.telemetry") == 360
     assert q("SELECT count(*) FROM telemetry") == 360 and q("FROM published.telemetry_hourly SELECT sum(count)") == 360
@@ -177,7 +194,8 @@ def test_sql_sandbox_reads_every_view_of_the_lake(full_lake):
     assert isinstance(t, pa.Table) and t.to_pydict() == {'device_id': ['pump-0001', 'pump-0002'], 'n': [180, 180]}
 
 def test_sql_sandbox_stops_a_slow_query_and_a_greedy_one(full_lake):
-    "A query past its timeout is interrupted (a 10^12-row cross join would run for hours); one past its memory limit stops too."
+    ("A query past its timeout is interrupted (a 10^12-row cross join would run for hours); one past its memory limit "
+     "stops too.")
     slow = "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range + b.range < 0"
     with pytest.raises(SqlTimeout, match=r"the query ran longer than 0.5 s; narrow it or raise --timeout"):
         full_lake.sql(slow, timeout=0.5)
@@ -194,14 +212,19 @@ def test_schema_errors_name_the_column(lake):
 def _digest(root: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(root.rglob('*')):
-        if p.is_file(): h.update(str(p.relative_to(root)).encode()); h.update(p.read_bytes())
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
     return h.hexdigest()
 
 def test_byte_reproducible(tmp_path):
     for name in ('a', 'b'):
         lk = Lake(tmp_path/name/'lake', fsync=False)
-        lk.land(batch(minutes=90, start='2026-01-01 23:00'), 'b1'); lk.land(batch(minutes=3, arrival='2026-01-05'), 'b2')
-        lk.process(); lk.publish_hourly(); lk.write_reference('assets', pd.DataFrame({'device_id': ['pump-0001'], 'site': ['n']}))
+        lk.land(batch(minutes=90, start='2026-01-01 23:00'), 'b1')
+        lk.land(batch(minutes=3, arrival='2026-01-05'), 'b2')
+        lk.process()
+        lk.publish_hourly()
+        lk.write_reference('assets', pd.DataFrame({'device_id': ['pump-0001'], 'site': ['n']}))
     assert _digest(tmp_path/'a') == _digest(tmp_path/'b')
 
 def test_read_a_derived_dataset_without_sensors(tmp_path):
@@ -209,7 +232,8 @@ def test_read_a_derived_dataset_without_sensors(tmp_path):
     import pyarrow as pa, pyarrow.parquet as pq
     from iot2ml.lake.store import Lake, LakeError
     lake = Lake(tmp_path/'lake', tmp_path/'reference', fsync=False)
-    d = tmp_path/'lake'/'raw'/'scores'/'date=2026-01-02'; d.mkdir(parents=True)
+    d = tmp_path/'lake'/'raw'/'scores'/'date=2026-01-02'
+    d.mkdir(parents=True)
     ts = pd.to_datetime(['2026-01-02T01:00Z', '2026-01-02T00:00Z'])
     pq.write_table(pa.table({'device_id': ['p2', 'p1'], 'ts': ts, 'risk': [0.5, 0.1]}), d/'a.parquet')
     df = lake.read('scores', tier='raw')

@@ -3,7 +3,7 @@ import time
 from conftest import run, BIN
 from iot2ml.lake.store import Lake
 from iot2ml.ingest.devices import Registry
-from test_api import Server, wait_rows
+from projects import Server, wait_rows
 
 def test_live_http_into_the_service(tmp_path):
     s = Server(tmp_path)

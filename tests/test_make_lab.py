@@ -1,14 +1,11 @@
-"""`make lab` serves the project root (so build/ opens too), starts on nbs/, runs as root with a note, takes LAB_ARGS last.
-Checked through the Jupyter server's contents API (the browser test is tests/test_lab.py)."""
-import json, os, re, secrets, signal, socket, subprocess, time, urllib.error, urllib.request
+"""`make lab` serves the project root (so build/ opens too), starts on nbs/, runs as root with a note, takes LAB_ARGS
+last. Checked through the Jupyter server's contents API (the browser test is tests/test_lab.py)."""
+import json, os, re, secrets, signal, subprocess, time, urllib.error, urllib.request
 from pathlib import Path
 import pytest
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 def _status(url:str) -> int:
     try:
@@ -26,7 +23,8 @@ def _until(cond, proc, log:Path, what:str, timeout:float=180):
     pytest.fail(f"{what} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 def readme_paths() -> list[str]:
-    "The notebook and build paths the README sends people to (globs expanded), e.g. nbs/lake/01_explore.ipynb, build/report/report.html."
+    ("The notebook and build paths the README sends people to (globs expanded), e.g. nbs/lake/01_explore.ipynb, "
+     "build/report/report.html.")
     found = set(re.findall(r"`((?:nbs|build)/[\w./*{},-]+?\.(?:ipynb|html|json))`", (ROOT/'README.md').read_text()))
     out = []
     for p in sorted(found):
@@ -35,11 +33,12 @@ def readme_paths() -> list[str]:
     return list(dict.fromkeys(out))
 
 def test_make_lab_opens_the_project_root(tmp_path):
-    port, token, log = _free_port(), secrets.token_hex(8), tmp_path/'lab.log'
+    port, token, log = free_port(), secrets.token_hex(8), tmp_path/'lab.log'
     args = f"--no-browser --port={port} --IdentityProvider.token={token} --ServerApp.ip=127.0.0.1"
     env = os.environ | {'JUPYTER_RUNTIME_DIR': str(tmp_path/'runtime')}
     with open(log, 'w') as f:
-        proc = subprocess.Popen(['make', 'lab', f'LAB_ARGS={args}'], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(['make', 'lab', f'LAB_ARGS={args}'], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                env=env,
                                 start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -62,4 +61,6 @@ def test_make_lab_opens_the_project_root(tmp_path):
         try: os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError: pass
         try: proc.wait(timeout=30)
-        except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -12,8 +12,10 @@ from iot2ml.ml.registry import ModelRegistry, RegistryError, project_lineage, sh
 from iot2ml.ml.retrain import Scheduler, drift_report, gate, psi
 
 def bundle(d:Path, blob:bytes, extra:bool=False) -> Path:
-    d.mkdir(parents=True, exist_ok=True); (d/'model.joblib').write_bytes(blob)
-    (d/'model.json').write_text(json.dumps(dict(features=['a', 'b'], info=dict(start='2026-01-01 00:00:00+00:00', end='2026-01-09 00:00:00+00:00'))))
+    d.mkdir(parents=True, exist_ok=True)
+    (d/'model.joblib').write_bytes(blob)
+    (d/'model.json').write_text(json.dumps(dict(features=['a', 'b'], info=dict(start='2026-01-01 00:00:00+00:00',
+                                                                               end='2026-01-09 00:00:00+00:00'))))
     if extra: (d/'detector.bin').write_bytes(b'x' * 10)
     return d
 
@@ -22,18 +24,24 @@ def test_register_copies_bundle_with_card(tmp_path):
     v = reg.register(bundle(tmp_path/'b', b'one', extra=True), run_id='r1', metrics={'model': {'pr_auc': 0.5}})
     assert v == 'v1' and reg.versions() == ['v1']
     c = reg.card('v1')
-    assert {a['file']: a['sha256'] for a in c['artifacts']} == {f: sha256_file(tmp_path/'b'/f) for f in ('detector.bin', 'model.joblib', 'model.json')}
+    files = ('detector.bin', 'model.joblib', 'model.json')
+    assert {a['file']: a['sha256'] for a in c['artifacts']} == {f: sha256_file(tmp_path/'b'/f) for f in files}
     assert c['training_window'] == {'start': '2026-01-01 00:00:00+00:00', 'end': '2026-01-09 00:00:00+00:00'}
-    assert c['features'] == ['a', 'b'] and c['run_id'] == 'r1' and c['metrics'] == {'run': {'model': {'pr_auc': 0.5}}, 'holdout': None}
+    assert c['features'] == ['a', 'b']
+    assert c['run_id'] == 'r1'
+    assert c['metrics'] == {'run': {'model': {'pr_auc': 0.5}}, 'holdout': None}
     assert (reg.path('v1')/'detector.bin').read_bytes() == b'x' * 10
     assert reg.find(tmp_path/'b') == 'v1' and reg.find(bundle(tmp_path/'c', b'two')) is None
     # numbers are never reused, even when a version folder is removed by hand
-    import shutil; reg.register(tmp_path/'c'); shutil.rmtree(reg.path('v2'))
+    import shutil
+    reg.register(tmp_path/'c')
+    shutil.rmtree(reg.path('v2'))
     assert reg.register(tmp_path/'c') == 'v3'
     with pytest.raises(RegistryError, match='is not a model bundle'): reg.register(tmp_path/'empty')
 
 def test_lineage_from_a_real_git_repository(tmp_path):
-    d = tmp_path/'p'; d.mkdir()
+    d = tmp_path/'p'
+    d.mkdir()
     (d/'params.yaml').write_text('train:\n  max_iter: 5\n')
     (d/'data.dvc').write_text('outs:\n- md5: abc123.dir\n  path: data\n')
     sh = lambda c: subprocess.run(c, shell=True, cwd=d, check=True, capture_output=True)
@@ -53,7 +61,9 @@ def test_aliases_history_rollback(tmp_path):
     for i in range(3): reg.register(bundle(tmp_path/f'b{i}', bytes([i])))
     assert reg.champion() is None and reg.champion_token() == 0
     with pytest.raises(RegistryError, match='no champion to roll back'): reg.rollback()
-    reg.promote('v1', reason='first', by='alice'); reg.promote('v2', by='gate: pr_auc'); reg.promote('v3', by='gate: pr_auc')
+    reg.promote('v1', reason='first', by='alice')
+    reg.promote('v2', by='gate: pr_auc')
+    reg.promote('v3', by='gate: pr_auc')
     reg.promote('v1', alias='challenger')
     assert reg.champion() == ('v3', reg.root/'versions'/'v3') and reg.champion_token() == 3
     assert reg.rollback()['to'] == 'v2' and reg.rollback(reason='v2 too')['to'] == 'v1'
@@ -63,14 +73,16 @@ def test_aliases_history_rollback(tmp_path):
     h = reg.history()
     assert [(e['action'], e['alias'], e['from'], e['to']) for e in h] == [
         ('promote', 'champion', None, 'v1'), ('promote', 'champion', 'v1', 'v2'), ('promote', 'champion', 'v2', 'v3'),
-        ('promote', 'challenger', None, 'v1'), ('rollback', 'champion', 'v3', 'v2'), ('rollback', 'champion', 'v2', 'v1')]
+        ('promote', 'challenger', None, 'v1'), ('rollback', 'champion', 'v3', 'v2'),
+                                                                          ('rollback', 'champion', 'v2', 'v1')]
     assert h[0]['by'] == 'alice' and h[-1]['why'] == 'v2 too' and all(e['when'].endswith('+00:00') for e in h)
     assert reg.champion_token() == 5
 
 def _writer(root, k, n):
     reg = ModelRegistry(root)
     for i in range(n):
-        d = Path(root).parent/f'b-{k}-{i}'; bundle(d, f'{k}-{i}'.encode())
+        d = Path(root).parent/f'b-{k}-{i}'
+        bundle(d, f'{k}-{i}'.encode())
         reg.promote(reg.register(d), reason=f'writer {k}', by=f'w{k}')
 
 def _reader(root, stop, bad):
@@ -80,14 +92,20 @@ def _reader(root, stop, bad):
             st = json.loads((Path(root)/'aliases.json').read_text()) if (Path(root)/'aliases.json').exists() else None
             if st and st['aliases'].get('champion'): reg.card(st['aliases']['champion'])
             reg.history()
-        except Exception as e: bad.put(repr(e)); return
+        except Exception as e:
+            bad.put(repr(e))
+            return
 
 def test_concurrent_writers_and_readers(tmp_path):
-    root = tmp_path/'reg'; ctx = mp.get_context('fork'); stop, bad = ctx.Event(), ctx.Queue()
+    root = tmp_path/'reg'
+    ctx = mp.get_context('fork')
+    stop, bad = ctx.Event(), ctx.Queue()
     readers = [ctx.Process(target=_reader, args=(root, stop, bad)) for _ in range(2)]
     writers = [ctx.Process(target=_writer, args=(root, k, 6)) for k in range(3)]
     for p in readers + writers: p.start()
-    for p in writers: p.join(120); assert p.exitcode == 0
+    for p in writers:
+        p.join(120)
+        assert p.exitcode == 0
     stop.set()
     for p in readers: p.join(30)
     assert bad.empty(), bad.get()
@@ -99,17 +117,22 @@ def test_concurrent_writers_and_readers(tmp_path):
     assert not list(root.glob('**/.*.tmp')) and not [p for p in (root/'versions').iterdir() if p.name.startswith('.')]
 
 def test_models_cli(tmp_path, monkeypatch):
-    (tmp_path/'iot2ml.toml').write_text('[simulate]\npumps = 2\n'); monkeypatch.chdir(tmp_path)
+    (tmp_path/'iot2ml.toml').write_text('[simulate]\npumps = 2\n')
+    monkeypatch.chdir(tmp_path)
     reg = ModelRegistry(tmp_path/'state'/'registry')
     for i in range(2):
-        reg.register(bundle(tmp_path/f'b{i}', bytes([i])), f'run-{i}', dict(git=dict(commit='0123456789abcdef', dirty=False), data=dict(md5='feedbeef00112233.dir')),
+        reg.register(bundle(tmp_path/f'b{i}', bytes([i])), f'run-{i}',
+                     dict(git=dict(commit='0123456789abcdef', dirty=False), data=dict(md5='feedbeef00112233.dir')),
                      {'model': {'pr_auc': 0.6 + i / 10}})
     inv = lambda *a: CliRunner().invoke(cli, list(a))
     r = inv('models', 'list')
-    assert r.exit_code == 0 and r.output.splitlines()[0].split() == ['version', 'created', 'aliases', 'metric', 'test', 'holdout', 'data', 'commit']
+    assert r.exit_code == 0
+    assert r.output.splitlines()[0].split() == ['version', 'created', 'aliases', 'metric', 'test', 'holdout', 'data',
+                                                'commit']
     assert r.output.splitlines()[2].split()[2:] == ['-', 'pr_auc', '0.700', '-', 'feedbeef00', '01234567']
     assert inv('models', 'promote', 'v2').exit_code == 2                       # --reason is required
-    assert inv('models', 'promote', 'v2', '--reason', 'good', '--by', 'carol').output == "v2 is now champion (was none).\n"
+    assert inv('models', 'promote', 'v2', '--reason', 'good', '--by',
+               'carol').output == "v2 is now champion (was none).\n"
     assert json.loads(inv('models', 'show', 'v2', '--json').output) == reg.card('v2')
     assert 'aliases: champion' in inv('models', 'show', 'v2').output
     r = inv('models', 'show', 'v5')
@@ -138,13 +161,15 @@ def test_gate_criteria():
     assert gate(good, dict(pr_auc=0.8)).promote and not gate(good, dict(pr_auc=0.81)).promote
 
 def test_scheduler_keeps_going_after_a_failing_job(tmp_path):
-    clock = [datetime(2026, 3, 1, 23, 58, tzinfo=timezone.utc)]; log = []
+    clock = [datetime(2026, 3, 1, 23, 58, tzinfo=timezone.utc)]
+    log = []
     from threading import Event
     stop = Event()
     def rec(r):
         log.append(r)
         if sum(x['event'] == 'job_end' for x in log) == 3: stop.set()
-    jobs = [JobSettings(name='bad', cron='0 0 * * *', job='snapshot'), JobSettings(name='proc', cron='1 0 * * *', job='process')]
+    jobs = [JobSettings(name='bad', cron='0 0 * * *', job='snapshot'),
+            JobSettings(name='proc', cron='1 0 * * *', job='process')]
     (tmp_path/'data'/'lake').mkdir(parents=True)
     s = Scheduler(Settings(root=tmp_path), jobs, log=rec, clock=lambda: clock[0])
     n = s.run(stop, lambda sec: clock.__setitem__(0, clock[0] + timedelta(seconds=sec)))
@@ -153,8 +178,10 @@ def test_scheduler_keeps_going_after_a_failing_job(tmp_path):
     assert log[0]['event'] == 'scheduler_start' and log[-1] == {'event': 'scheduler_stop', 'jobs_run': 3}
 
 def test_scheduler_cli_list_and_once_with_configured_jobs(tmp_path):
-    (tmp_path/'iot2ml.toml').write_text('[[scheduler.jobs]]\nname = "nightly-process"\ncron = "5 0 * * *"\njob = "process"\n'
-                                        '[[scheduler.jobs]]\nname = "weekly"\ncron = "0 3 * * 0"\njob = "retrain"\nargs = {dry_run = true}\n')
+    (tmp_path/'iot2ml.toml').write_text('[[scheduler.jobs]]\nname = "nightly-process"\ncron = "5 0 * * *"\njob = '
+                                        '"process"\n'
+                                        '[[scheduler.jobs]]\nname = "weekly"\ncron = "0 3 * * 0"\njob = '
+                                        '"retrain"\nargs = {dry_run = true}\n')
     (tmp_path/'data'/'lake').mkdir(parents=True)
     iot2ml = str(Path(__import__('sys').executable).parent/'iot2ml')
     r = subprocess.run([iot2ml, 'scheduler', '--list'], cwd=tmp_path, capture_output=True, text=True)
@@ -163,16 +190,20 @@ def test_scheduler_cli_list_and_once_with_configured_jobs(tmp_path):
     r = subprocess.run([iot2ml, 'scheduler', '--once', 'nightly-process'], cwd=tmp_path, capture_output=True, text=True)
     rec = json.loads(r.stdout.splitlines()[-1])
     assert r.returncode == 0 and (rec['job'], rec['kind'], rec['status']) == ('nightly-process', 'process', 'ok')
-    r = subprocess.run([iot2ml, 'scheduler', '--once', 'weekly'], cwd=tmp_path, capture_output=True, text=True)   # no params.yaml
+    # no params.yaml
+    r = subprocess.run([iot2ml, 'scheduler', '--once', 'weekly'], cwd=tmp_path, capture_output=True, text=True)
     rec = json.loads(r.stdout.splitlines()[-1])
     assert r.returncode == 1 and rec['status'] == 'failed' and 'params.yaml does not exist' in rec['detail']
 
 def test_drift_refuses_a_live_table_without_the_features():
-    "A live table that lacks the model's columns is an error naming them, not '100% drifted' (which would trigger a retrain)."
+    ("A live table that lacks the model's columns is an error naming them, not '100% drifted' (which would trigger a "
+     "retrain).")
     from iot2ml.ml.registry import RegistryError
     rng = np.random.default_rng(1)
     train = pd.DataFrame({'a': rng.normal(size=500), 'b': rng.normal(size=500)})
     with pytest.raises(RegistryError, match='lacks 2 of the 2 feature columns'):
         drift_report(train, pd.DataFrame({'foo': [1.0]}), SchedulerSettings(), features=['a', 'b'])
-    rep = drift_report(train, pd.DataFrame({'a': rng.normal(size=300)}), SchedulerSettings(drift_share=0.5), features=['a', 'b'])
-    assert list(rep.table.index) == ['a'] and not rep.drifted      # 'b' has no live values: left out, not counted as drift
+    rep = drift_report(train, pd.DataFrame({'a': rng.normal(size=300)}), SchedulerSettings(drift_share=0.5),
+                       features=['a', 'b'])
+    # 'b' has no live values: left out, not counted as drift
+    assert list(rep.table.index) == ['a'] and not rep.drifted

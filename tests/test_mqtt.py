@@ -1,131 +1,50 @@
-"The MQTT ingester against a real Mosquitto: `iot2ml mqtt` as a real process (and in-process where no process is needed)."
-import json, signal, subprocess, threading, time
-from pathlib import Path
-import duckdb, paho.mqtt.client as mqtt, pandas as pd, pytest
-from conftest import BIN
+("The MQTT ingester against a real Mosquitto: `iot2ml mqtt` as a real process (and in-process where no process is "
+ "needed).")
+import json, signal, threading, time
+import pandas as pd, pytest
+from helpers import wait_for
+from projects import Project
 from iot2ml.config import Settings
 from iot2ml.ingest.routing import DeadLetters
-from iot2ml.lake.store import Lake, LakeError
 from iot2ml.serve.mqtt import MqttIngester
-from iot2ml.ingest.devices import INGEST_USER, Registry, ingest_password, write_broker_config
+from iot2ml.ingest.devices import INGEST_USER
 from iot2ml.serve.runtime import Service
 from iot2ml.ingest.spool import SpoolFull
-from iot2ml.ingest.state import LatestState
-
-CONFIG = """[ingest]
-flush_seconds = 0.3
-[mqtt]
-host = "{host}"
-port = {port}
-"""
-
-def wait_for(fn, timeout=15.0, what='condition'):
-    "The first truthy value of `fn()` within `timeout` s, else an AssertionError naming `what`."
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v: return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-class Project:
-    "A temp project folder: registry, broker files under state/mosquitto (where `iot2ml mqtt` looks), a broker, iot2ml.toml."
-    def __init__(self, root:Path, start_broker):
-        self.root = root
-        self.reg = Registry(root/'state'/'registry.sqlite')
-        self.tokens = {d: self.reg.add(d, type='pump').token for d in ('pump-0001', 'pump-0002', 'pump-0003')}
-        self.tokens['gw-1'] = self.reg.add('gw-1', kind='gateway').token
-        self.reg.add('pump-0101', gateway_id='gw-1')
-        bc = write_broker_config(self.reg, root/'state'/'mosquitto', root/'state'/'mosquitto'/'ingest.secret')
-        self.broker = start_broker(bc.passwd, bc.acl)
-        self.secret = ingest_password(bc.ingest_secret)
-        (root/'iot2ml.toml').write_text(CONFIG.format(host=self.broker.host, port=self.broker.port))
-        self.procs, self.clients = [], []
-
-    # -- the ingester as a process
-    def ingester(self, *args, name='ingest'):
-        log = open(self.root/f'{name}.log', 'ab')
-        p = subprocess.Popen([str(BIN/'iot2ml'), 'mqtt', *args], cwd=self.root, stdout=log, stderr=subprocess.STDOUT)
-        p.log_path = self.root/f'{name}.log'; self.procs.append(p)
-        return p
-
-    def stop(self, p, sig=signal.SIGTERM) -> int:
-        if p.poll() is None: p.send_signal(sig); p.wait(30)
-        return p.returncode
-
-    # -- devices
-    def device(self, dev, max_inflight=100):
-        "A connected MQTT 5 client of device `dev` with its network loop running."
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f'{dev}-{len(self.clients)}', protocol=mqtt.MQTTv5)
-        c.username_pw_set(dev, self.tokens[dev]); c.max_inflight_messages_set(max_inflight)
-        ok = threading.Event(); c.on_connect = lambda *a: ok.set()
-        c.connect(self.broker.host, self.broker.port); c.loop_start()
-        assert ok.wait(5), self.broker.log_text()
-        self.clients.append(c); return c
-
-    def publish(self, c, topic, payload):
-        "Publish at QoS 1 and wait for the broker's PUBACK."
-        info = c.publish(topic, payload if isinstance(payload, (bytes, str)) else json.dumps(payload), qos=1)
-        info.wait_for_publish(10); assert info.is_published()
-
-    # -- what landed
-    @property
-    def lake(self): return Lake(self.root/'data'/'lake')
-    def rows(self, where='true', tier='raw') -> pd.DataFrame:
-        try: return self.lake.sql(f"SELECT * FROM {tier}.telemetry WHERE {where}")
-        except LakeError: return pd.DataFrame(columns=['device_id', 'ts', 'sensor', 'value', 'unit', 'quality'])
-    def latest(self): return LatestState(self.root/'state'/'latest.sqlite').latest()
-
-    def probe(self, sensor='probe', writers=None, timeout=60):
-        """Publish probe readings until the ingester(s) stored one (by latest state), i.e. are subscribed; with `writers`,
-        until each of those writer ids landed one in the lake (for ingesters sharing a subscription)."""
-        c = self.device('pump-0003'); k = 0; end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.publish(c, 'iot2ml/pump-0003/telemetry', {'ts': time.time(), 'sensor': sensor, 'value': k}); k += 1
-            time.sleep(0.2)
-            if writers is None:
-                l = self.latest()
-                if ((l['device_id'] == 'pump-0003') & (l['sensor'] == sensor)).any(): return
-            elif writers <= set(self.writers(f"sensor = '{sensor}'")['writer']): return
-        raise AssertionError("the ingester did not subscribe: " + ''.join(p.log_path.read_text()[-2000:] for p in self.procs))
-
-    def writers(self, where='true') -> pd.DataFrame:
-        "Raw readings with the writer id (from the batch file name) that landed them."
-        glob = self.root/'data'/'lake'/'raw'/'telemetry'/'date=*'/'*.parquet'
-        if not list(glob.parent.parent.glob('date=*/*.parquet')): return pd.DataFrame(columns=['writer', 'value'])
-        return duckdb.sql(f"""SELECT regexp_extract(filename, '([^/]+)-[0-9]{{12}}\\.parquet$', 1) AS writer, *
-                              FROM read_parquet('{glob}', filename=true) WHERE {where}""").df()
-
-    def close(self):
-        for c in self.clients: c.disconnect(); c.loop_stop()
-        for p in self.procs:
-            if p.poll() is None: p.kill(); p.wait(10)
 
 @pytest.fixture
 def proj(tmp_path, mqtt_broker):
-    p = Project(tmp_path, mqtt_broker); yield p; p.close()
+    p = Project(tmp_path, mqtt_broker)
+    yield p
+    p.close()
 
 def seq(i, dev='pump-0001'):
     "Numbered reading i: sensor 'seq', value i, a distinct time."
     return {'device_id': dev, 'ts': 1_767_225_600 + i, 'sensor': 'seq', 'value': i}
 
 def publish_numbered(proj, n, devs=('pump-0001', 'pump-0002'), progress=None):
-    "Publish readings 0..n-1 (QoS 1), one per message, round robin over `devs`, each acknowledged by the broker; `progress[0]` counts them."
+    ("Publish readings 0..n-1 (QoS 1), one per message, round robin over `devs`, each acknowledged by the broker; "
+     "`progress[0]` counts them.")
     clients = {d: proj.device(d) for d in devs}
     pending = []
     for i in range(n):
         d = devs[i % len(devs)]
         pending.append(clients[d].publish(f'iot2ml/{d}/telemetry', json.dumps(seq(i, d)), qos=1))
         if len(pending) >= 100:
-            for p in pending: p.wait_for_publish(30); assert p.is_published()
+            for p in pending:
+                p.wait_for_publish(30)
+                assert p.is_published()
             pending = []
             if progress is not None: progress[0] = i + 1
-    for p in pending: p.wait_for_publish(30); assert p.is_published()
+    for p in pending:
+        p.wait_for_publish(30)
+        assert p.is_published()
     if progress is not None: progress[0] = n
 
 def publish_marker(proj, dev='pump-0001'):
-    "Publish a 'marker' reading after everything else: once it is in the lake, whatever the ingester got before it is too."
-    proj.publish(proj.device(dev), f'iot2ml/{dev}/telemetry', {'ts': '2026-01-01T00:04:00Z', 'sensor': 'marker', 'value': 0})
+    ("Publish a 'marker' reading after everything else: once it is in the lake, whatever the ingester got before it is "
+     "too.")
+    proj.publish(proj.device(dev), f'iot2ml/{dev}/telemetry', {'ts': '2026-01-01T00:04:00Z', 'sensor': 'marker',
+                                                               'value': 0})
 
 def wait_marker(proj):
     wait_for(lambda: len(proj.rows("sensor = 'marker'")), timeout=30, what='the marker reading in the lake')
@@ -133,23 +52,39 @@ def wait_marker(proj):
 # ------------------------------------------------------------------------------------------------------------------
 
 def test_readings_land_state_updates_and_bad_ones_are_dead_lettered(proj):
-    ing = proj.ingester(); proj.probe()
+    ing = proj.ingester()
+    proj.probe()
     a, b, gw = proj.device('pump-0001'), proj.device('pump-0002'), proj.device('gw-1')
     T = 'iot2ml/{}/telemetry'.format
-    proj.publish(a, T('pump-0001'), {'device_id': 'pump-0001', 'ts': '2026-01-01T00:00:00Z', 'sensor': 'flow', 'value': 1.5})   # one reading
-    proj.publish(a, T('pump-0001'), [{'ts': f'2026-01-01T00:00:0{i}Z', 'sensor': 'flow', 'value': i, 'unit': 'm3/h'} for i in range(1, 4)])  # a batch, device from the topic
-    proj.publish(b, T('pump-0002'), {'readings': [{'ts': 1767225600, 'flow': 2.0, 'discharge_pressure': 3.5, 'quality': 1}]})   # wide
-    proj.publish(gw, T('pump-0101'), {'ts': '2026-01-01T01:00:00+01:00', 'sensor': 'flow', 'value': 7})   # a gateway, for its device
+    # one reading
+    proj.publish(a, T('pump-0001'), {'device_id': 'pump-0001', 'ts': '2026-01-01T00:00:00Z', 'sensor': 'flow',
+                                     'value': 1.5})
+    # a batch, device from the topic
+    proj.publish(a, T('pump-0001'), [{'ts': f'2026-01-01T00:00:0{i}Z', 'sensor': 'flow', 'value': i,
+                                      'unit': 'm3/h'} for i in range(1, 4)])
+    # wide
+    proj.publish(b, T('pump-0002'), {'readings': [{'ts': 1767225600, 'flow': 2.0, 'discharge_pressure': 3.5,
+                                                   'quality': 1}]})
+    # a gateway, for its device
+    proj.publish(gw, T('pump-0101'), {'ts': '2026-01-01T01:00:00+01:00', 'sensor': 'flow', 'value': 7})
     proj.publish(a, T('pump-0001'), b'{"ts": "2026-01-01T00:00:00Z", "sensor": "flow", ')                 # not JSON
-    proj.publish(a, T('pump-0001'), [{'ts': '2026-01-01T00:01:00Z', 'sensor': 'flow', 'value': 'abc'},    # invalid value ...
-                                     {'ts': '2026-01-01T00:01:00Z', 'sensor': 'flow', 'value': 9.0}])       # ... and a good one beside it
+    # invalid value ...
+    proj.publish(a, T('pump-0001'), [{'ts': '2026-01-01T00:01:00Z', 'sensor': 'flow', 'value': 'abc'},
+                                     # ... and a good one beside it
+                                     {'ts': '2026-01-01T00:01:00Z', 'sensor': 'flow', 'value': 9.0}])
     proj.publish(a, T('pump-0001'), {'ts': '2026-01-01T00:02:00', 'sensor': 'flow', 'value': 1})          # no time zone
-    proj.publish(a, T('pump-0001'), {'device_id': 'pump-0002', 'ts': '2026-01-01T00:03:00Z', 'sensor': 'flow', 'value': 1})  # claims another device
-    proj.publish(b, T('pump-0002'), {'ts': '2025-12-31T23:00:00Z', 'sensor': 'flow', 'value': 11.0})      # late: older than its 2.0
-    want = {('pump-0001', 'flow', 1.5), ('pump-0001', 'flow', 1.0), ('pump-0001', 'flow', 2.0), ('pump-0001', 'flow', 3.0),
-            ('pump-0001', 'flow', 9.0), ('pump-0002', 'flow', 2.0), ('pump-0002', 'discharge_pressure', 3.5), ('pump-0101', 'flow', 7.0),
+    # claims another device
+    proj.publish(a, T('pump-0001'), {'device_id': 'pump-0002', 'ts': '2026-01-01T00:03:00Z', 'sensor': 'flow',
+                                     'value': 1})
+    # late: older than its 2.0
+    proj.publish(b, T('pump-0002'), {'ts': '2025-12-31T23:00:00Z', 'sensor': 'flow', 'value': 11.0})
+    want = {('pump-0001', 'flow', 1.5), ('pump-0001', 'flow', 1.0), ('pump-0001', 'flow', 2.0),
+            ('pump-0001', 'flow', 3.0),
+            ('pump-0001', 'flow', 9.0), ('pump-0002', 'flow', 2.0), ('pump-0002', 'discharge_pressure', 3.5),
+            ('pump-0101', 'flow', 7.0),
             ('pump-0002', 'flow', 11.0)}
-    publish_marker(proj); wait_marker(proj)   # nothing else arrived before it
+    publish_marker(proj)
+    wait_marker(proj)   # nothing else arrived before it
     got = proj.rows("sensor NOT IN ('probe', 'marker')")
     assert sorted(zip(got.device_id, got.sensor, got.value)) == sorted(want)
     assert set(got.loc[got.value.isin([1.0, 2.0, 3.0]) & (got.device_id == 'pump-0001'), 'unit']) == {'m3/h'}
@@ -158,11 +93,14 @@ def test_readings_land_state_updates_and_bad_ones_are_dead_lettered(proj):
     # latest state: newest by event time per device and sensor
     wait_for(lambda: (proj.latest().device_id == 'pump-0002').sum() == 2, what='latest state')
     l = proj.latest().set_index(['device_id', 'sensor'])['value']
-    assert l['pump-0001', 'flow'] == 9.0 and l['pump-0002', 'flow'] == 2.0 and l['pump-0002', 'discharge_pressure'] == 3.5
+    assert l['pump-0001', 'flow'] == 9.0
+    assert l['pump-0002', 'flow'] == 2.0
+    assert l['pump-0002', 'discharge_pressure'] == 3.5
     assert l['pump-0101', 'flow'] == 7.0
     # dead letters: each rejected record with its reason, the topic as source, the record as sent
     dead = lambda: DeadLetters(proj.root/'state'/'deadletter').read()
-    wait_for(lambda: len(dead()) >= 4, what='4 dead letters'); dl = dead()
+    wait_for(lambda: len(dead()) >= 4, what='4 dead letters')
+    dl = dead()
     assert len(dl) == 4 and set(dl.source) == {'mqtt:iot2ml/pump-0001/telemetry'}
     r = {row.field: row for row in dl.itertuples()}
     assert 'is not valid JSON' in r['-'].reason and r['-'].record.startswith('{"ts": "2026-01-01T00:00:00Z"')
@@ -174,7 +112,8 @@ def test_readings_land_state_updates_and_bad_ones_are_dead_lettered(proj):
     assert 'Stopped: ' in ing.log_path.read_text()
 
 def test_messages_published_while_the_ingester_is_down_arrive_after_restart(proj):
-    ing = proj.ingester(); proj.probe()
+    ing = proj.ingester()
+    proj.probe()
     assert proj.stop(ing) == 0
     n = 2000
     publish_numbered(proj, n)   # the broker queues them for the ingester's session
@@ -185,19 +124,22 @@ def test_messages_published_while_the_ingester_is_down_arrive_after_restart(proj
     assert len(got) == n and sorted(got.value.astype(int)) == list(range(n))
 
 def test_kill_9_mid_load_loses_nothing_the_broker_acknowledged(proj):
-    ing = proj.ingester(name='ingest-1'); proj.probe()
+    ing = proj.ingester(name='ingest-1')
+    proj.probe()
     n, progress, errors = 12_000, [0], []
     def load():
         try: publish_numbered(proj, n, devs=('pump-0001', 'pump-0002', 'pump-0003'), progress=progress)
         except BaseException as e: errors.append(e)
-    t = threading.Thread(target=load); t.start()
+    t = threading.Thread(target=load)
+    t.start()
     wait_for(lambda: progress[0] >= n // 3, timeout=30, what='a third of the load')
     wait_for(lambda: len(proj.rows("sensor = 'seq'")) > 0, timeout=10, what='some readings landed before the kill')
     assert proj.stop(ing, signal.SIGKILL) == -signal.SIGKILL
     killed_at = progress[0]
     time.sleep(0.5)
     ing2 = proj.ingester(name='ingest-2')   # replays its spool, resumes the session
-    t.join(120); assert not errors, errors
+    t.join(120)
+    assert not errors, errors
     assert killed_at < n
     wait_for(lambda: len(proj.rows("sensor = 'seq'")) >= n, timeout=60, what='the stream to drain')
     assert proj.stop(ing2) == 0
@@ -211,14 +153,16 @@ def test_two_ingesters_share_one_stream(proj):
     proj.probe(writers={'ingest-a', 'ingest-b'})
     n = 3000
     publish_numbered(proj, n)
-    proj.probe(sensor='marker', writers={'ingest-a', 'ingest-b'}, timeout=60)   # each ingester landed a marker after its share
+    # each ingester landed a marker after its share
+    proj.probe(sensor='marker', writers={'ingest-a', 'ingest-b'}, timeout=60)
     got = proj.writers("sensor = 'seq'")
     per = got.groupby('writer').size()
     assert set(per.index) == {'ingest-a', 'ingest-b'} and (per > 0).all(), per    # both got some
     assert len(got) == n and sorted(got.value.astype(int)) == list(range(n))      # the union is everything, once
     assert proj.stop(a) == 0 and proj.stop(b) == 0
 
-# ------------------------------------------------------------------------------------------------------------------ in process
+# ------------------------------------------------------------------------------------------------------------------ in
+# process
 
 @pytest.fixture
 def inproc(proj):
@@ -227,9 +171,12 @@ def inproc(proj):
     def make(**kw):
         svc = Service(Settings(root=proj.root, ingest=dict(flush_seconds=0.3))).start()
         ing = MqttIngester(svc, proj.broker.host, proj.broker.port, INGEST_USER, proj.secret, **kw).start()
-        made.append((svc, ing)); return svc, ing
+        made.append((svc, ing))
+        return svc, ing
     yield make
-    for svc, ing in made: ing.stop(5); svc.close()
+    for svc, ing in made:
+        ing.stop(5)
+        svc.close()
 
 def test_spool_full_holds_messages_unacknowledged_then_stores_them(proj, inproc, monkeypatch):
     svc, ing = inproc()
@@ -287,20 +234,28 @@ def test_wrong_password_is_reported_and_retried(proj, inproc):
         ing.password = proj.secret   # the operator fixes the password: the next attempt (within 5 s) connects
         wait_for(ing.connected.is_set, timeout=30, what='a retry with the right password')
         assert ing.last_error is None
-    finally: ing.stop(5); svc.close()
+    finally:
+        ing.stop(5)
+        svc.close()
 
-# ------------------------------------------------------------------------------------------------------------------ bad input
+# ------------------------------------------------------------------------------------------------------------------ bad
+# input
 
 def test_a_flood_of_bad_messages_is_dead_lettered_and_does_not_hold_up_another_device(proj):
     from iot2ml.sim.live import RawPublisher
-    ing = proj.ingester(); proj.probe()
+    ing = proj.ingester()
+    proj.probe()
     n = 3000
     flood = RawPublisher(proj.broker.host, proj.broker.port, 'pump-0002', proj.tokens['pump-0002'], 'flood-0002', 5000)
-    flood.publish_many([('iot2ml/pump-0002/telemetry', json.dumps({'ts': 'yesterday', 'sensor': 'flow', 'value': i}).encode()) for i in range(n)])
+    flood.publish_many([('iot2ml/pump-0002/telemetry', json.dumps({'ts': 'yesterday', 'sensor': 'flow',
+                                                                   'value': i}).encode()) for i in range(n)])
     flood.close()                                   # the broker holds all 3,000 for the ingester
-    proj.publish(proj.device('pump-0001'), 'iot2ml/pump-0001/telemetry', {'ts': time.time(), 'sensor': 'flow', 'value': 42.0})
-    # (3,000 of these once took 100 s to drain, one exact pass and one fsync each, and the good reading waited behind them)
-    wait_for(lambda: ((l := proj.latest()).device_id == 'pump-0001').any(), timeout=30, what="pump-0001's reading in latest state")
+    proj.publish(proj.device('pump-0001'), 'iot2ml/pump-0001/telemetry',
+                 {'ts': time.time(), 'sensor': 'flow', 'value': 42.0})
+    # (3,000 of these once took 100 s to drain, one exact pass and one fsync each, and the good reading waited behind
+    # them)
+    wait_for(lambda: ((l := proj.latest()).device_id == 'pump-0001').any(), timeout=30,
+             what="pump-0001's reading in latest state")
     dl = DeadLetters(proj.root/'state'/'deadletter')
     wait_for(lambda: len(dl.read()) == n, timeout=30, what=f'{n} dead letters')
     df = dl.read()
@@ -309,14 +264,18 @@ def test_a_flood_of_bad_messages_is_dead_lettered_and_does_not_hold_up_another_d
     assert proj.stop(ing) == 0
 
 def test_payloads_that_once_looked_like_bugs_get_a_plain_reason(proj):
-    ing = proj.ingester(); proj.probe()
+    ing = proj.ingester()
+    proj.probe()
     a, T = proj.device('pump-0001'), 'iot2ml/pump-0001/telemetry'
     deep = '[' * 300 + '1' + ']' * 300   # nested deeper than orjson writes (254)
-    proj.publish(a, T, b'{"ts": "2026-01-01T00:00:00Z", "sensor": "flow", "value": 1, "unit": "\\ud800"}')   # a lone surrogate
-    proj.publish(a, T, b'[' * 5000 + b']' * 5000)                                                        # nested 5,000 deep
+    # a lone surrogate
+    proj.publish(a, T, b'{"ts": "2026-01-01T00:00:00Z", "sensor": "flow", "value": 1, "unit": "\\ud800"}')
+    # nested 5,000 deep
+    proj.publish(a, T, b'[' * 5000 + b']' * 5000)
     proj.publish(a, T, b'{"ts": "2026-01-01T00:00:00Z", "sensor": "flow", "value": 1, "unit": "\xff"}')  # not UTF-8
     proj.publish(a, T, f'[{{"ts": "2026-01-01T00:01:00Z", "sensor": "flow", "value": 2.0}},'
-                       f' {{"ts": "2026-01-01T00:02:00Z", "sensor": "flow", "value": {deep}}}]')          # a deep value beside a good one
+                       # a deep value beside a good one
+                       f' {{"ts": "2026-01-01T00:02:00Z", "sensor": "flow", "value": {deep}}}]')
     dl = DeadLetters(proj.root/'state'/'deadletter')
     wait_for(lambda: len(dl.read()) == 4, what='4 dead letters')
     wait_for(lambda: len(proj.rows("sensor = 'flow'")) == 1, what='the good reading beside the deep value')

@@ -11,13 +11,17 @@ def test_repro_end_to_end(tiny_project):
     d = tiny_project
     out = run('dvc repro', d).stdout
     assert ran(out) == ['prepare', 'features', 'train', 'evaluate', 'report']
-    metrics = d/'build/metrics/metrics.json'; m = json.loads(metrics.read_text())
+    metrics = d/'build/metrics/metrics.json'
+    m = json.loads(metrics.read_text())
     for r in (m['model'], m['baseline']):
         assert all(0 <= r[k] <= 1 for k in ('precision', 'recall', 'f1', 'pr_auc')), r
-        assert 0 <= r['caught'] <= r['failures'] and r['failures'] >= 1 and 0 < r['positives'] < r['rows'] == m['test_period']['rows'], r
+        assert 0 <= r['caught'] <= r['failures'], r
+        assert r['failures'] >= 1, r
+        assert 0 < r['positives'] < r['rows'] == m['test_period']['rows'], r
         assert 'mean_lead_hours' in r
     model, base = m['model'], m['baseline']
-    # better than a trivial score: a constant's PR AUC is the positive rate (on this tiny fleet the threshold baseline may win)
+    # better than a trivial score: a constant's PR AUC is the positive rate (on this tiny fleet the threshold baseline
+    # may win)
     assert model['pr_auc'] > 2 * model['positives'] / model['rows'] and model['caught'] >= 1, model
     html = (d/'build/report/report.html').read_text()
     assert html.count('src="data:image/png;base64,') == 5 and 'http://' not in html and 'https://' not in html
@@ -37,7 +41,8 @@ def test_repro_end_to_end(tiny_project):
     # test_dvc_compare.py, where a fresh clone's demo rebuilds exactly main's dvc.lock and `dvc exp run -S` reruns)
     # a param of the last stage reruns only it
     p = yaml.safe_load((d/'params.yaml').read_text())
-    p['report']['title'] = 'Another title'; (d/'params.yaml').write_text(yaml.safe_dump(p))
+    p['report']['title'] = 'Another title'
+    (d/'params.yaml').write_text(yaml.safe_dump(p))
     assert ran(run('dvc repro', d).stdout) == ['report']
     assert 'Another title' in (d/'build/report/report.html').read_text()
 
@@ -45,8 +50,11 @@ def test_repro_end_to_end(tiny_project):
 
 def test_bad_param_fails_with_a_clear_message(tiny_project, tmp_path):
     d = tiny_project
-    bad = tmp_path/'params.yaml'; bad.write_text('train:\n  learnig_rate: 0.1\n')
-    r = run([str(BIN/'papermill'), 'nbs/workflows/train.ipynb', str(tmp_path/'out.ipynb'), '-p', 'features_dir', 'build/features',
+    bad = tmp_path/'params.yaml'
+    bad.write_text('train:\n  learnig_rate: 0.1\n')
+    r = run([str(BIN/'papermill'), 'nbs/workflows/train.ipynb', str(tmp_path/'out.ipynb'), '-p', 'features_dir',
+             'build/features',
              '-p', 'out_dir', str(tmp_path/'m'), '-p', 'params_file', str(bad)], d, check=False)
     assert r.returncode != 0
-    assert "unknown key 'train.learnig_rate'" in r.stdout + r.stderr and "did you mean 'train.learning_rate'" in r.stdout + r.stderr
+    assert "unknown key 'train.learnig_rate'" in r.stdout + r.stderr
+    assert "did you mean 'train.learning_rate'" in r.stdout + r.stderr

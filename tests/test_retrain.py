@@ -13,7 +13,9 @@ def card(d, v): return json.loads((reg_dir(d)/'versions'/v/'card.json').read_tex
 def aliases(d): return json.loads((reg_dir(d)/'aliases.json').read_text())
 def runs(d): return [json.loads(p.read_text()) for p in sorted((reg_dir(d)/'runs').glob('*/run.json'))]
 def set_params(d, **train):
-    p = yaml.safe_load((d/'params.yaml').read_text()); p['train'].update(train); (d/'params.yaml').write_text(yaml.safe_dump(p))
+    p = yaml.safe_load((d/'params.yaml').read_text())
+    p['train'].update(train)
+    (d/'params.yaml').write_text(yaml.safe_dump(p))
 
 @pytest.fixture(scope='module')
 def first(tiny_project, tmp_path_factory):
@@ -28,7 +30,9 @@ def first(tiny_project, tmp_path_factory):
 @pytest.fixture
 def proj(first, tmp_path):
     "A private copy of the project after the first retrain, for a test that changes it."
-    d = tmp_path/'proj'; shutil.copytree(first[0], d, symlinks=True); return d
+    d = tmp_path/'proj'
+    shutil.copytree(first[0], d, symlinks=True)
+    return d
 
 def test_first_retrain_promotes_with_lineage(first):
     d, out = first
@@ -38,16 +42,19 @@ def test_first_retrain_promotes_with_lineage(first):
     c = card(d, 'v1')
     head = run('git rev-parse HEAD', d).stdout.strip()
     assert c['git']['commit'] == head and c['git']['dirty'] is False
-    assert c['data']['md5'] == yaml.safe_load((d/'data.dvc').read_text())['outs'][0]['md5'] and c['data']['md5'].endswith('.dir')
+    assert c['data']['md5'] == yaml.safe_load((d/'data.dvc').read_text())['outs'][0]['md5']
+    assert c['data']['md5'].endswith('.dir')
     assert c['params'] == yaml.safe_load((d/'params.yaml').read_text())
     assert c['features'] == json.loads((d/'build/model/model.json').read_text())['features'] and len(c['features']) > 10
     assert c['training_window']['start'] and c['training_window']['end']
     assert c['metrics']['run'] == json.loads((d/'build/metrics/metrics.json').read_text())
-    assert c['metrics']['holdout']['metrics']['failures'] >= 2 and c['metrics']['holdout']['champion']['version'] is None
+    assert c['metrics']['holdout']['metrics']['failures'] >= 2
+    assert c['metrics']['holdout']['champion']['version'] is None
     files = {a['file'] for a in c['artifacts']}
     assert {'model.joblib', 'model.json'} <= files
     r = runs(d)[-1]
-    assert r['status'] == 'promoted' and r['versions'] == {'champion_before': None, 'challenger': 'v1', 'champion_after': 'v1'}
+    assert r['status'] == 'promoted' and r['versions'] == {'champion_before': None, 'challenger': 'v1',
+                                                           'champion_after': 'v1'}
     assert [row['passed'] for row in r['gate']['rows']] == [True, True, None]       # no champion: absolute criteria
     h = [json.loads(l) for l in (reg_dir(d)/'history.jsonl').read_text().splitlines()]
     assert h[-1]['to'] == 'v1' and h[-1]['by'] == 'gate: pr_auc' and h[-1]['run_id'] == r['run_id']
@@ -57,27 +64,32 @@ def test_first_retrain_promotes_with_lineage(first):
 @pytest.fixture(scope='module')
 def second(first, tmp_path_factory):
     "A copy of the first project retrained on another fleet (seed 8) with params that make a bad model: refused."
-    d = tmp_path_factory.mktemp('second')/'proj'; shutil.copytree(first[0], d, symlinks=True)
+    d = tmp_path_factory.mktemp('second')/'proj'
+    shutil.copytree(first[0], d, symlinks=True)
     run([IOT2ML, 'simulate', '--replace', '--seed', '8', '--quiet'], d)
     set_params(d, max_iter=1, learning_rate=0.001)        # a model that has learned nothing
     return d, run([IOT2ML, 'retrain'], d).stdout
 
 def test_gate_refuses_worse_model(second):
     d, out = second
-    assert 'refused' in out and 'stage prepare ...' in out and 'stage train ...' in out       # new data and params: rerun
+    # new data and params: rerun
+    assert 'refused' in out and 'stage prepare ...' in out and 'stage train ...' in out
     assert aliases(d)['aliases'] == {'champion': 'v1', 'challenger': 'v2'}
     r = runs(d)[-1]
-    assert r['status'] == 'refused' and r['versions'] == {'champion_before': 'v1', 'challenger': 'v2', 'champion_after': 'v1'}
+    assert r['status'] == 'refused' and r['versions'] == {'champion_before': 'v1', 'challenger': 'v2',
+                                                          'champion_after': 'v1'}
     cmp = r['gate']['rows'][-1]
     assert cmp['criterion'].startswith('challenger pr_auc >= champion') and cmp['passed'] is False
     ho = card(d, 'v2')['metrics']['holdout']
     assert ho['champion']['version'] == 'v1' and ho['metrics']['pr_auc'] < ho['champion']['metrics']['pr_auc']
     assert ho['period'] == r['holdout']                                     # both scored on the same rows
-    assert card(d, 'v2')['git']['dirty'] is True and set(card(d, 'v2')['git']['changed']) - {'dvc.lock'} == {'data.dvc', 'params.yaml'}
+    assert card(d, 'v2')['git']['dirty'] is True
+    assert set(card(d, 'v2')['git']['changed']) - {'dvc.lock'} == {'data.dvc', 'params.yaml'}
     assert card(d, 'v2')['data']['md5'] != card(d, 'v1')['data']['md5']
 
 def test_force_then_rollback(second, tmp_path):
-    d = tmp_path/'proj'; shutil.copytree(second[0], d, symlinks=True)
+    d = tmp_path/'proj'
+    shutil.copytree(second[0], d, symlinks=True)
     # a person overrides the gate: nothing to rebuild, the bundle is v2 already
     out = run([IOT2ML, 'retrain', '--no-snapshot', '--force', '--reason', 'testing the override'], d).stdout
     assert 'is v2 already' in out and aliases(d)['aliases']['champion'] == 'v2'
@@ -102,7 +114,10 @@ def test_failed_retrain_names_notebook_and_cell(proj):
     r = run([IOT2ML, 'retrain', '--no-snapshot'], d, check=False)
     assert r.returncode == 1
     msg = r.stderr
-    assert 'nbs/workflows/train.ipynb' in msg and f'cell {i} ' in msg and "raise RuntimeError('boom')" in msg and 'RuntimeError: boom' in msg
+    assert 'nbs/workflows/train.ipynb' in msg
+    assert f'cell {i} ' in msg
+    assert "raise RuntimeError('boom')" in msg
+    assert 'RuntimeError: boom' in msg
     assert aliases(d) == before                                           # champion untouched
     rec = runs(d)[-1]
     assert rec['status'] == 'failed' and rec['failure']['stage'] == 'train' and rec['failure']['cell'] == i
@@ -133,9 +148,11 @@ def test_scheduler_once_and_drift(first, tmp_path):
     r = run([IOT2ML, 'scheduler', '--once', 'nightly'], d, check=False)
     assert r.returncode != 0 and "no scheduler job 'nightly'" in r.stderr
     # drift: the champion's training rows as "live", one feature shifted by three standard deviations
-    c = card(d, 'v1'); f = pd.read_parquet(d/'build/features/features.parquet')
+    c = card(d, 'v1')
+    f = pd.read_parquet(d/'build/features/features.parquet')
     ts = f.index.get_level_values('ts')
-    live = f[(ts >= pd.Timestamp(c['training_window']['start'])) & (ts <= pd.Timestamp(c['training_window']['end']))].copy()
+    window = c['training_window']
+    live = f[(ts >= pd.Timestamp(window['start'])) & (ts <= pd.Timestamp(window['end']))].copy()
     col = 'flow_mean__rel' if 'flow_mean__rel' in c['features'] else c['features'][10]
     live[col] = live[col] + 3 * live[col].std()
     live.to_parquet(tmp_path/'live.parquet')

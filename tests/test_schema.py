@@ -15,37 +15,45 @@ def msg(df, **kw):
 
 @pytest.mark.parametrize('field', ['device_id', 'ts', 'sensor', 'value'])
 def test_missing_field(field):
-    assert msg(one(**{field: ...})) == f"record 0, field '{field}': is missing; every reading needs device_id, ts, sensor, value"
-    assert msg(one(**{field: None})) == f"record 0, field '{field}': is missing; every reading needs device_id, ts, sensor, value"
+    assert msg(one(**{field: ...})) == (f"record 0, field '{field}': is missing; every reading needs device_id, ts, "
+                                        f"sensor, value")
+    assert msg(one(**{field: None})) == (f"record 0, field '{field}': is missing; every reading needs device_id, ts, "
+                                         f"sensor, value")
 
 def test_non_numeric_value():
     assert msg(one(value='12,5')) == "record 0, field 'value': '12,5' is not a number; send a number such as 12.5"
 
 @pytest.mark.parametrize('v,shown', [(float('nan'), 'nan'), (float('inf'), 'inf'), ('-inf', '-inf'), ('NaN', 'nan')])
 def test_nan_inf(v, shown):
-    assert msg(one(value=v)) == f"record 0, field 'value': is {shown}, not a finite number; send a finite number or leave the reading out"
+    assert msg(one(value=v)) == (f"record 0, field 'value': is {shown}, not a finite number; send a finite number or "
+                                 f"leave the reading out")
 
 def test_before_2000():
-    assert msg(one(ts='1999-12-31T23:59:59Z')) == ("record 0, field 'ts': 1999-12-31T23:59:59+00:00 is before 2000-01-01; "
+    assert msg(one(ts='1999-12-31T23:59:59Z')) == ("record 0, field 'ts': 1999-12-31T23:59:59+00:00 is before "
+                                                   "2000-01-01; "
                                                    "check the device clock or the time unit")
 
 def test_far_future():
-    assert msg(one(ts='2026-01-11T00:00:01Z')) == ("record 0, field 'ts': 2026-01-11T00:00:01+00:00 is more than a day in the future; "
+    assert msg(one(ts='2026-01-11T00:00:01Z')) == ("record 0, field 'ts': 2026-01-11T00:00:01+00:00 is more than a day "
+                                                   "in the future; "
                                                    "check the device clock")
 
 def test_no_zone_is_ambiguous():
-    assert msg(one(ts='2026-01-01 10:00')) == ("record 0, field 'ts': '2026-01-01 10:00' has no time zone, so it is ambiguous; "
+    assert msg(one(ts='2026-01-01 10:00')) == ("record 0, field 'ts': '2026-01-01 10:00' has no time zone, so it is "
+                                               "ambiguous; "
                                                "add 'Z' for UTC or an offset such as +01:00")
 
 def test_dst_fold_is_ambiguous_in_named_zone():
     assert msg(one(ts='2025-10-26 02:30'), assume_tz='Europe/Berlin') == (
-        "record 0, field 'ts': '2025-10-26 02:30' does not name one instant in Europe/Berlin (a daylight-saving change); "
+        "record 0, field 'ts': '2025-10-26 02:30' does not name one instant in Europe/Berlin (a daylight-saving "
+        "change); "
         "add an offset such as +01:00")
     ok = validate(one(ts='2025-10-26 04:30'), now=NOW, assume_tz='Europe/Berlin')
     assert ok.table.column('ts')[0].as_py() == pd.Timestamp('2025-10-26 03:30', tz='UTC')
 
 def test_not_a_time():
-    assert msg(one(ts='yesterday')) == "record 0, field 'ts': 'yesterday' is not an ISO 8601 time; send e.g. 2026-01-01T12:00:00Z"
+    assert msg(one(ts='yesterday')) == ("record 0, field 'ts': 'yesterday' is not an ISO 8601 time; send e.g. "
+                                        "2026-01-01T12:00:00Z")
 
 def test_duplicate_key_in_batch():
     df = pd.concat([one(), one(value=2.0), one(ts='2026-01-01T00:00:00+00:00', value=3.0)], ignore_index=True)
@@ -56,7 +64,8 @@ def test_duplicate_key_in_batch():
         "record 2, field 'ts': duplicates record 0 (same device_id, sensor and ts); send each reading once"]
 
 def test_bad_ids_and_control_characters():
-    assert msg(one(device_id='pump\x001')) == ("record 0, field 'device_id': 'pump\\\\x001' is not a valid device id; use 1-128 letters, "
+    assert msg(one(device_id='pump\x001')) == ("record 0, field 'device_id': 'pump\\\\x001' is not a valid device id; "
+                                               "use 1-128 letters, "
                                                "digits, '.', '_', ':' or '-', starting with a letter or digit")
     assert 'is not a valid device id' in msg(one(device_id='p' * 200))
     assert 'is not a valid sensor name' in msg(one(sensor='flow rate'))
@@ -78,26 +87,35 @@ def test_partial_acceptance_keeps_good_records_in_order():
         check(df, now=NOW)
 
 def test_wide_round_trip():
-    df = pd.DataFrame({'device_id': ['a'] * 4 + ['b'] * 2, 'ts': pd.to_datetime(['2026-01-01'] * 2 + ['2026-01-02'] * 2 + ['2026-01-01'] * 2, utc=True),
+    df = pd.DataFrame({'device_id': ['a'] * 4 + ['b'] * 2,
+                       'ts': pd.to_datetime(['2026-01-01'] * 2 + ['2026-01-02'] * 2 + ['2026-01-01'] * 2, utc=True),
                        'sensor': ['flow', 'power'] * 3, 'value': np.arange(6.0)})
     w = to_wide(df)
     assert list(w.columns) == ['flow', 'power'] and w.loc[('b', pd.Timestamp('2026-01-01', tz='UTC')), 'power'] == 5.0
     back = to_long(w)
-    pd.testing.assert_frame_equal(back, df.sort_values(['device_id', 'sensor', 'ts'], ignore_index=True), check_dtype=False)
+    pd.testing.assert_frame_equal(back, df.sort_values(['device_id', 'sensor', 'ts'], ignore_index=True),
+                                  check_dtype=False)
 
 def test_wide_json_null_sensor_is_not_read_and_bool_ids_are_refused():
-    "A wide record's null sensor means 'not read' (as a blank CSV cell): the record is accepted whole; true/false is no id."
+    ("A wide record's null sensor means 'not read' (as a blank CSV cell): the record is accepted whole; true/false is "
+     "no id.")
     import json
     from iot2ml.ingest.parse import parse_body, check_parsed
     now = pd.Timestamp('2026-06-01', tz='UTC')
-    p = parse_body(json.dumps({'device_id': 'p1', 'ts': '2026-01-01T00:00:00Z', 'flow': None, 'power': 1.0}).encode(), 'application/json')
+    p = parse_body(json.dumps({'device_id': 'p1', 'ts': '2026-01-01T00:00:00Z', 'flow': None, 'power': 1.0}).encode(),
+                   'application/json')
     t, rec, errs = check_parsed(p, now=now)
     assert errs == [] and t.column('sensor').to_pylist() == ['power'] and rec.tolist() == [0]
-    p = parse_body(json.dumps({'device_id': False, 'ts': '2026-01-01T00:00:00Z', 'power': 1.0}).encode(), 'application/json')
+    p = parse_body(json.dumps({'device_id': False, 'ts': '2026-01-01T00:00:00Z', 'power': 1.0}).encode(),
+                   'application/json')
     t, rec, errs = check_parsed(p, now=now)
-    assert t.num_rows == 0 and len(errs) == 1 and errs[0].field == 'device_id' and errs[0].message.startswith('false is a boolean, not a string')
+    assert t.num_rows == 0
+    assert len(errs) == 1
+    assert errs[0].field == 'device_id'
+    assert errs[0].message.startswith('false is a boolean, not a string')
 
-# -- hostile and careless input (issue 8: defects 4, 5, 8, 9), at the parser: a record error or a whole-body ParseError, never a crash
+# -- hostile and careless input (issue 8: defects 4, 5, 8, 9), at the parser: a record error or a whole-body ParseError,
+# never a crash
 import json
 from iot2ml.ingest.parse import parse_body, check_parsed, ParseError
 from iot2ml.schema import Limits
@@ -106,7 +124,8 @@ NOW6 = pd.Timestamp('2026-11-05', tz='UTC')
 GOOD = dict(device_id='pump-0001', ts='2026-11-04T00:00:00Z', sensor='flow', value=1.5)
 
 def parsed(body, ct='application/json', **kw):
-    "check_parsed of a body: (accepted readings as dicts, accepted record numbers, errors as {record: (field, message)})."
+    ("check_parsed of a body: (accepted readings as dicts, accepted record numbers, errors as {record: (field, "
+     "message)}).")
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     t, rec, errs = check_parsed(parse_body(raw, ct), now=NOW6, **kw)
     out = {e.index: (e.field, e.message) for e in errs}
@@ -127,53 +146,74 @@ def test_a_lone_surrogate_as_a_wide_key_is_a_record_error():
     assert list(errs) == [1] and errs[1][0] == 'sensor' and 'not valid Unicode text' in errs[1][1]
 
 def test_deep_nesting_is_refused_cleanly():
-    with pytest.raises(ParseError, match='depth limit exceeded'): parse_body(b'[' * 5000 + b']' * 5000, 'application/json')
-    with pytest.raises(ParseError, match='depth limit exceeded'): parse_body(b'[' * 5000 + b'NaN' + b']' * 5000, 'application/json')
+    with pytest.raises(ParseError, match='depth limit exceeded'): parse_body(b'[' * 5000 + b']' * 5000,
+                                                                             'application/json')
+    with pytest.raises(ParseError, match='depth limit exceeded'): parse_body(b'[' * 5000 + b'NaN' + b']' * 5000,
+                                                                             'application/json')
     ndjson = (json.dumps(GOOD) + '\n' + '[' * 5000 + ']' * 5000 + '\n').encode()
     rows, rec, errs = parsed(ndjson, 'application/x-ndjson')
     assert rec == [0] and errs[1][0] == '-' and 'depth limit exceeded' in errs[1][1]
-    deep = GOOD | {'ts': '2026-11-04T00:00:01Z', 'value': json.loads('[' * 900 + ']' * 900)}   # deep, but JSON that parses
+    # deep, but JSON that parses
+    deep = GOOD | {'ts': '2026-11-04T00:00:01Z', 'value': json.loads('[' * 900 + ']' * 900)}
     rows, rec, errs = parsed([GOOD, deep])
-    assert rec == [0] and errs[1][0] == 'value' and errs[1][1].endswith('is a list, not a number; send a number such as 12.5')
+    assert rec == [0] and errs[1][0] == 'value' and errs[1][1].endswith('is a list, not a number; send a number such '
+                                                                        'as 12.5')
 
 def test_csv_with_a_repeated_column_is_refused():
-    with pytest.raises(ParseError, match="the CSV header names column 'device_id' more than once; give each column one name"):
+    with pytest.raises(ParseError,
+                       match="the CSV header names column 'device_id' more than once; give each column one name"):
         parse_body(b'device_id,device_id,ts,sensor,value\np1,p1,2026-11-04T00:00:00Z,flow,1\n', 'text/csv')
 
 def test_csv_ids_stay_strings():
-    rows, rec, errs = parsed(b'device_id,ts,sensor,value,unit\n007,2026-11-04T00:00:00Z,01,1,1e5\n1e5,2026-11-04T00:00:00Z,2,3,\n', 'text/csv')
-    assert errs == {} and [(r['device_id'], r['sensor'], r['unit']) for r in rows] == [('007', '01', '1e5'), ('1e5', '2', None)]
-    rows, rec, errs = parsed(b'device_id,ts,01,1e5\n007,2026-11-04T00:00:00Z,1.5,2\n', 'text/csv')   # wide: sensors are headers
-    assert errs == {} and [(r['device_id'], r['sensor'], r['value']) for r in rows] == [('007', '01', 1.5), ('007', '1e5', 2.0)]
+    rows, rec, errs = parsed(b'device_id,ts,sensor,value,unit\n007,2026-11-04T00:00:00Z,01,1,1e5\n'
+                             b'1e5,2026-11-04T00:00:00Z,2,3,\n', 'text/csv')
+    assert errs == {}
+    assert [(r['device_id'], r['sensor'], r['unit']) for r in rows] == [('007', '01', '1e5'), ('1e5', '2', None)]
+    # wide: sensors are headers
+    rows, rec, errs = parsed(b'device_id,ts,01,1e5\n007,2026-11-04T00:00:00Z,1.5,2\n', 'text/csv')
+    assert errs == {}
+    assert [(r['device_id'], r['sensor'], r['value']) for r in rows] == [('007', '01', 1.5), ('007', '1e5', 2.0)]
 
 NO_ZONE = "has no time zone, so it is ambiguous; add 'Z' for UTC or an offset such as +01:00"
 DATE_ONLY = "is a date without a time of day; send a time with a zone such as 2026-01-01T00:00:00Z"
 
 def test_one_time_zone_rule_for_csv_and_json():
-    csv = b'device_id,ts,sensor,value\np1,2026-11-04 00:00:06,flow,1\np1,2026-11-03,flow,2\np1,1793750400,flow,3\np1,2026-11-04T00:00:07+01:00,flow,4\n'
+    csv = (b'device_id,ts,sensor,value\np1,2026-11-04 '
+           b'00:00:06,flow,1\np1,2026-11-03,flow,2\np1,1793750400,flow,3\np1,2026-11-04T00:00:07+01:00,flow,4\n')
     rows, rec, errs = parsed(csv, 'text/csv')
-    assert rec == [2, 3] and errs == {0: ('ts', f"'2026-11-04 00:00:06' {NO_ZONE}"), 1: ('ts', f"'2026-11-03' {DATE_ONLY}")}
-    body = [GOOD | {'ts': t, 'value': float(i)} for i, t in enumerate(['2026-11-04 00:00:06', '2026-11-03', 1793750400, '2026-11-04T00:00:07+01:00'])]
+    assert rec == [2, 3] and errs == {0: ('ts', f"'2026-11-04 00:00:06' {NO_ZONE}"),
+                                      1: ('ts', f"'2026-11-03' {DATE_ONLY}")}
+    body = [GOOD | {'ts': t, 'value': float(i)} for i, t in enumerate(['2026-11-04 00:00:06', '2026-11-03', 1793750400,
+                                                                       '2026-11-04T00:00:07+01:00'])]
     assert parsed(body)[1:] == (rec, errs)
-    rows, rec, errs = parsed(csv, 'text/csv', assume_tz='Europe/Berlin')     # `iot2ml import --tz`: zone-less times, not bare dates
-    assert rec == [0, 2, 3] and errs == {1: ('ts', f"'2026-11-03' {DATE_ONLY}")} and str(rows[0]['ts']) == '2026-11-03 23:00:06+00:00'
+    # `iot2ml import --tz`: zone-less times, not bare dates
+    rows, rec, errs = parsed(csv, 'text/csv', assume_tz='Europe/Berlin')
+    assert rec == [0, 2, 3] and errs == {1: ('ts', f"'2026-11-03' {DATE_ONLY}")}
+    assert str(rows[0]['ts']) == '2026-11-03 23:00:06+00:00'
 
 def test_booleans_are_not_readings():
-    body = [GOOD | {'ts': f'2026-11-04T00:00:0{i}Z', **kw} for i, kw in enumerate([{}, {'value': True}, {'quality': True}, {'ts': False}])]
+    body = [GOOD | {'ts': f'2026-11-04T00:00:0{i}Z', **kw} for i,
+            kw in enumerate([{}, {'value': True}, {'quality': True}, {'ts': False}])]
     rows, rec, errs = parsed(body)
     assert rec == [0] and errs == {1: ('value', "true is a boolean, not a number; send a number such as 12.5"),
-                                   2: ('quality', "true is a boolean, not a quality flag; use 0 (good), 1 (suspect) or 2 (bad)"),
-                                   3: ('ts', "false is a boolean, not a time; send an ISO 8601 time with a zone such as 2026-01-01T12:00:00Z, or epoch seconds")}
+                                   2: ('quality',
+                                       "true is a boolean, not a quality flag; use 0 (good), 1 (suspect) or 2 (bad)"),
+                                   3: ('ts', "false is a boolean, not a time; send an ISO 8601 time with a zone such "
+                                             "as 2026-01-01T12:00:00Z, or epoch seconds")}
     rows, rec, errs = parsed(b'device_id,ts,sensor,value\np1,2026-11-04T00:00:00Z,flow,true\n', 'text/csv')
     assert rec == [] and errs[0][0] == 'value'
 
 def test_ids_and_units_must_be_strings():
-    body = [GOOD | {'ts': f'2026-11-04T00:00:0{i}Z', **kw} for i, kw in enumerate([{}, {'device_id': 123}, {'sensor': 7}, {'unit': 5}, {'device_id': False}])]
+    body = [GOOD | {'ts': f'2026-11-04T00:00:0{i}Z', **kw} for i,
+            kw in enumerate([{}, {'device_id': 123}, {'sensor': 7}, {'unit': 5}, {'device_id': False}])]
     rows, rec, errs = parsed(body)
-    assert rec == [0] and errs == {1: ('device_id', '123 is a number, not a string; send the device id as a string such as "pump-0001"'),
-                                   2: ('sensor', '7 is a number, not a string; send the sensor name as a string such as "flow"'),
+    assert rec == [0] and errs == {1: ('device_id', '123 is a number, not a string; send the device id as a string '
+                                                    'such as "pump-0001"'),
+                                   2: ('sensor',
+                                       '7 is a number, not a string; send the sensor name as a string such as "flow"'),
                                    3: ('unit', '5 is a number, not a string; send the unit as a string such as "degC"'),
-                                   4: ('device_id', 'false is a boolean, not a string; send the device id as a string such as "pump-0001"')}
+                                   4: ('device_id', 'false is a boolean, not a string; send the device id as a string '
+                                                    'such as "pump-0001"')}
 
 def test_caps_on_sensors_per_record_and_id_length():
     wide = {'device_id': 'pump-0001', 'ts': '2026-11-04T00:00:01Z', **{f's{i}': 1.0 for i in range(1001)}}
@@ -182,15 +222,22 @@ def test_caps_on_sensors_per_record_and_id_length():
                                                  "split it into records of fewer sensors or raise that setting")}
     assert parsed([wide], limits=Limits(max_sensors_per_record=2000))[2] == {}
     for field, what in (('device_id', 'device id'), ('sensor', 'sensor name'), ('unit', 'unit')):
-        for body in ([GOOD | {field: 'a' * 129}], [GOOD | {field: 'a' * 129}, GOOD | {'ts': '2026-11-04T00:00:01Z', 'value': 'x'}]):   # fast and exact path
+        # fast and exact path
+        for body in ([GOOD | {field: 'a' * 129}], [GOOD | {field: 'a' * 129},
+                                                   GOOD | {'ts': '2026-11-04T00:00:01Z', 'value': 'x'}]):
             rows, rec, errs = parsed(body)
-            assert rec == [] and errs[0] == (field, f"is not a valid {what}: it is 129 characters long, more than ingest.max_id_length (128); "
+            assert rec == [] and errs[0] == (field, f"is not a valid {what}: it is 129 characters long, more than "
+                                                    f"ingest.max_id_length (128); "
                                                     "shorten it or raise that setting")
         assert parsed([GOOD | {field: 'a' * 129}], limits=Limits(max_id_length=200))[1] == [0]
-        assert parsed([GOOD | {field: 'a' * 20}], limits=Limits(max_id_length=16))[2][0][1].endswith('it is 20 characters long, more than ingest.max_id_length (16); shorten it or raise that setting')
+        assert parsed([GOOD | {field: 'a' * 20}],
+                      limits=Limits(max_id_length=16))[2][0][1].endswith('it is 20 characters long, more than '
+                                                                         'ingest.max_id_length (16); shorten it or '
+                                                                         'raise that setting')
 
 def test_repeated_time_strings_parse_the_same_in_every_batch_and_zone():
-    "A flood repeats one time string; its parse is remembered per zone, so the next batch and another zone give their own answers."
+    ("A flood repeats one time string; its parse is remembered per zone, so the next batch and another zone give their "
+     "own answers.")
     naive, bad = ['2026-01-01 12:00:00'] * 100, ['yesterday'] * 100
     for _ in range(2):   # the second batch is answered from what the first one parsed
         ts, prob = parse_ts(pd.Series(naive, dtype=object))

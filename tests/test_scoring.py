@@ -1,7 +1,8 @@
-"""Model serving through a real uvicorn server on loopback: /v1/predict by feature rows and by device ids (online features
-from latest state agree with the batch features), errors, hot reload of a newly promoted champion under load, and streaming
-scoring into the lake and latest state. Real registry files and real trained bundles (the example workspace)."""
-import json, shutil, socket, threading, time
+"""Model serving through a real uvicorn server on loopback: /v1/predict by feature rows and by device ids (online
+features from latest state agree with the batch features), errors, hot reload of a newly promoted champion under load,
+and streaming scoring into the lake and latest state. Real registry files and real trained bundles (the example
+workspace)."""
+import json, shutil, threading, time
 from pathlib import Path
 import httpx, numpy as np, pandas as pd, pyarrow as pa, pytest, uvicorn
 
@@ -16,17 +17,7 @@ from iot2ml.ingest.devices import Registry
 from iot2ml.serve.runtime import Service
 from iot2ml.ingest.state import LatestState
 from conftest import bundle_with_spec as _with_spec   # shared with test_fuzz's champion
-
-def free_port() -> int:
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-def wait_for(fn, timeout=60, what='condition'):   # generous: a loaded CI machine is slow, and this is not a timing test
-    t = time.time()
-    while time.time() - t < timeout:
-        v = fn()
-        if v is not None and v is not False: return v
-        time.sleep(0.05)
-    raise AssertionError(f'timed out waiting for {what}')
+from helpers import free_port, wait_for
 
 @pytest.fixture(scope='module')
 def ws():
@@ -47,7 +38,8 @@ def state_file(ws, tmp_path_factory):
     st = LatestState(p, window='30D')
     r = Lake(ws['lake_dir'], ws['reference_dir'], fsync=False).read('telemetry', tier='processed')
     st.update(pa.Table.from_pandas(r[['device_id', 'sensor', 'ts', 'value']], preserve_index=False))
-    st.con.execute('PRAGMA wal_checkpoint(TRUNCATE)'); st.con.close()
+    st.con.execute('PRAGMA wal_checkpoint(TRUNCATE)')
+    st.con.close()
     return p
 
 class Server:
@@ -55,7 +47,8 @@ class Server:
     def __init__(self, root:Path, state_file:Path, scoring:ScoringSettings):
         self.root, self.port = root, free_port()
         (root/'iot2ml.toml').write_text(f"[ingest]\nport = {self.port}\nflush_seconds = 0.2\nwindow = '30D'\n")
-        (root/'state').mkdir(); shutil.copy(state_file, root/'state'/'latest.sqlite')
+        (root/'state').mkdir()
+        shutil.copy(state_file, root/'state'/'latest.sqlite')
         reg = Registry(root/'state'/'registry.sqlite')
         self.tokens = {d: reg.add(d, type='pump').token for d in ('pump-0001', 'pump-0002', 'pump-0003')}
         self.tokens['admin'] = reg.add_admin('ops').token
@@ -63,17 +56,23 @@ class Server:
         self.settings = load_settings(root/'iot2ml.toml')
         self.svc = Service(self.settings, scoring=scoring)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.http = httpx.Client(base_url=self.url, headers={'Authorization': f"Bearer {self.tokens['admin']}"}, timeout=30)
+        self.http = httpx.Client(base_url=self.url, headers={'Authorization': f"Bearer {self.tokens['admin']}"},
+                                 timeout=30)
 
     def start(self):
         self.svc.start()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(self.settings, self.svc), host='127.0.0.1', port=self.port, log_level='warning'))
-        self.thread = threading.Thread(target=self.server.run, daemon=True); self.thread.start()
+        self.server = uvicorn.Server(uvicorn.Config(create_app(self.settings, self.svc), host='127.0.0.1',
+                                                    port=self.port, log_level='warning'))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
         wait_for(lambda: self.server.started, what='the server to start')
         return self
 
     def stop(self):
-        self.server.should_exit = True; self.thread.join(30); self.svc.close(); self.http.close()
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.svc.close()
+        self.http.close()
 
     def predict(self, body, **kw): return self.http.post('/v1/predict', json=body, **kw)
 
@@ -84,7 +83,8 @@ def make_server(tmp_path, state_file):
         s = Server(tmp_path, state_file, ScoringSettings(**({'reload_check': 0.2} | scoring)))
         for b in versions: s.models.register(b)
         if champion: s.models.promote(champion, reason='test')
-        started.append(s.start()); return s
+        started.append(s.start())
+        return s
     yield make
     for s in started: s.stop()
 
@@ -94,12 +94,16 @@ def batch_risk(ws, model_dir, pairs):
     return load_model(model_dir).predict_proba(f.loc[[(d, pd.Timestamp(t)) for d, t in pairs]]).to_numpy()
 
 def batch_anomaly(ws, model_dir, pairs):
-    "The detector's score at each (device_id, ts), over that device's window of the model's history from the lake's hourly aggregates."
-    m = load_model(model_dir); spec = m.feature_spec
-    agg = Lake(ws['lake_dir'], ws['reference_dir'], fsync=False).aggregate('telemetry', every=spec.every, tier='processed')
+    ("The detector's score at each (device_id, ts), over that device's window of the model's history from the lake's "
+     "hourly aggregates.")
+    m = load_model(model_dir)
+    spec = m.feature_spec
+    agg = Lake(ws['lake_dir'], ws['reference_dir'], fsync=False).aggregate('telemetry', every=spec.every,
+                                                                           tier='processed')
     out = []
     for d, t in pairs:
-        t = pd.Timestamp(t); w = agg[(agg['device_id'] == d) & (agg['ts'] >= t - spec.history) & (agg['ts'] <= t)]
+        t = pd.Timestamp(t)
+        w = agg[(agg['device_id'] == d) & (agg['ts'] >= t - spec.history) & (agg['ts'] <= t)]
         out.append(m.anomaly_score(spec.table(w)).loc[(d, t)])
     return np.array(out)
 
@@ -109,15 +113,19 @@ def test_predict_by_rows_and_by_devices_agrees_with_batch(ws, bundles, make_serv
     r = s.predict({'devices': devices})
     assert r.status_code == 200, r.text
     out = r.json()
-    assert out['model_version'] == 'v1' and out['errors'] == [] and [p['device_id'] for p in out['predictions']] == devices
+    assert out['model_version'] == 'v1'
+    assert out['errors'] == []
+    assert [p['device_id'] for p in out['predictions']] == devices
     preds = out['predictions']
-    assert {p['ts'] for p in preds} == {'2026-01-14T22:00:00+00:00'}     # the newest complete interval (23:00 may still fill)
+    # the newest complete interval (23:00 may still fill)
+    assert {p['ts'] for p in preds} == {'2026-01-14T22:00:00+00:00'}
     assert all(p['model_version'] == 'v1' and p['alert'] in (0, 1) for p in preds)
     want = batch_risk(ws, bundles[0], [(p['device_id'], p['ts']) for p in preds])
     np.testing.assert_allclose([p['risk'] for p in preds], want, rtol=1e-9)   # online features == batch features
     # the anomaly score is the detector's over each device's window of history (it looks back): the same from the lake
     assert all(p['anomaly'] is not None and np.isfinite(p['anomaly']) for p in preds)
-    np.testing.assert_allclose([p['anomaly'] for p in preds], batch_anomaly(ws, bundles[0], [(p['device_id'], p['ts']) for p in preds]), rtol=1e-6)
+    np.testing.assert_allclose([p['anomaly'] for p in preds],
+                               batch_anomaly(ws, bundles[0], [(p['device_id'], p['ts']) for p in preds]), rtol=1e-6)
     assert s.predict({'devices': devices}).json() == out                      # the cached answer is the same
     # feature rows, as the batch table holds them
     f = pd.read_parquet(ws['features_dir']/'features.parquet').iloc[[5, 500, 1500]]
@@ -132,7 +140,8 @@ def test_predict_by_rows_and_by_devices_agrees_with_batch(ws, bundles, make_serv
     api = s.http.get('/openapi.json').json()
     op = api['paths']['/v1/predict']['post']
     assert 'PredictRequest' in json.dumps(op['requestBody']) and 'PredictResponse' in json.dumps(op['responses']['200'])
-    assert {'risk', 'alert', 'rul_hours', 'anomaly', 'model_version', 'ts'} <= set(api['components']['schemas']['Prediction']['properties'])
+    assert {'risk', 'alert', 'rul_hours', 'anomaly', 'model_version',
+            'ts'} <= set(api['components']['schemas']['Prediction']['properties'])
 
 def test_errors(bundles, make_server):
     s = make_server(bundles)                    # versions registered, no champion yet
@@ -148,10 +157,14 @@ def test_errors(bundles, make_server):
     assert [p['device_id'] for p in out['predictions']] == ['pump-0001']
     errs = {e['device_id']: e for e in out['errors']}
     assert errs['nope-1']['status'] == 404 and "no readings from device 'nope-1'" in errs['nope-1']['error']
-    assert errs['pump-0099']['status'] == 404 and 'has 1 h of history' in errs['pump-0099']['error'] and 'need 241 h' in errs['pump-0099']['error']
+    assert errs['pump-0099']['status'] == 404
+    assert 'has 1 h of history' in errs['pump-0099']['error']
+    assert 'need 241 h' in errs['pump-0099']['error']
     # rows without the model's columns: 422 naming them
     r = s.predict({'rows': [{'device_id': 'pump-0001', 'flow_mean': 3.0}]})
-    assert r.status_code == 422 and 'bearing_temp_coverage' in r.json()['error'] and 'feature columns' in r.json()['error']
+    assert r.status_code == 422
+    assert 'bearing_temp_coverage' in r.json()['error']
+    assert 'feature columns' in r.json()['error']
     cols = load_model(bundles[0]).features
     r = s.predict({'rows': [dict.fromkeys(cols, 0.0) | {cols[3]: 'high'}]})
     assert r.status_code == 422 and cols[3] in r.json()['error'] and 'not numbers' in r.json()['error']
@@ -171,19 +184,27 @@ def test_hot_reload_under_load_fails_no_request(bundles, make_server):
         with httpx.Client(base_url=s.url, headers={'Authorization': f"Bearer {s.tokens['admin']}"}, timeout=30) as c:
             while not stop.is_set():
                 try:
-                    start = time.monotonic(); r = c.post('/v1/predict', json=body)
-                    if r.status_code != 200: failures.append((r.status_code, r.text)); continue
-                    out = r.json(); seen.append((start, out['model_version']))
-                    assert len(out['predictions']) == 1 and all(p['model_version'] == out['model_version'] for p in out['predictions'])
+                    start = time.monotonic()
+                    r = c.post('/v1/predict', json=body)
+                    if r.status_code != 200:
+                        failures.append((r.status_code, r.text))
+                        continue
+                    out = r.json()
+                    seen.append((start, out['model_version']))
+                    assert len(out['predictions']) == 1
+                    assert all(p['model_version'] == out['model_version'] for p in out['predictions'])
                 except Exception as e: failures.append(repr(e))
-    threads = [threading.Thread(target=client, args=(b,)) for b in ({'devices': ['pump-0001']}, {'devices': ['pump-0005']}, row)]
+    threads = [threading.Thread(target=client, args=(b,)) for b in ({'devices': ['pump-0001']},
+                                                                    {'devices': ['pump-0005']}, row)]
     for t in threads: t.start()
     try:
         wait_for(lambda: len(seen) > 20, what='requests')
         for version in ('v2', 'v1', 'v2'):
-            n = len(seen); s.models.promote(version, reason='hot reload test')
+            n = len(seen)
+            s.models.promote(version, reason='hot reload test')
             wait_for(lambda: any(v == version for t, v in seen[n:]), 20, f"responses from {version}")
-            switched = time.monotonic()   # an answer from the new model has come back: every request sent from now on gets it
+            # an answer from the new model has come back: every request sent from now on gets it
+            switched = time.monotonic()
             wait_for(lambda: sum(t > switched for t, v in seen) > 20, what='more requests')
             assert {v for t, v in list(seen) if t > switched} == {version}          # once switched, no old answers
     finally:
@@ -193,7 +214,8 @@ def test_hot_reload_under_load_fails_no_request(bundles, make_server):
     assert 'iot2ml_model_info{version="v2"} 1' in s.http.get('/metrics').text
     # a bundle that cannot load: the old champion keeps serving
     broken = s.models.path('v1')
-    (s.root/'broken').mkdir(); shutil.copy(broken/'model.json', s.root/'broken'/'model.json')
+    (s.root/'broken').mkdir()
+    shutil.copy(broken/'model.json', s.root/'broken'/'model.json')
     (s.root/'broken'/'model.joblib').write_bytes(b'not a model')
     s.models.promote(s.models.register(s.root/'broken'), reason='broken on purpose')
     wait_for(lambda: s.svc.predictor.champion.failures >= 1, 30, 'the failed load')
@@ -213,21 +235,27 @@ def test_streaming_scoring_writes_lake_and_latest_state(ws, bundles, make_server
         except Exception: return None
         return df if set(df['device_id']) >= {'pump-0001', 'pump-0002', 'pump-0003'} else None
     df = wait_for(scored, 60, 'scores in the lake')
-    assert set(df['model_version']) == {'v1'} and (df['ts'] == pd.Timestamp('2026-01-14 23:00', tz='UTC')).all()   # 23:00 is complete now
+    # 23:00 is complete now
+    assert set(df['model_version']) == {'v1'} and (df['ts'] == pd.Timestamp('2026-01-14 23:00', tz='UTC')).all()
     assert set(df['alert']) <= {0, 1} and df['scored_at'].notna().all()
-    df = df.sort_values('device_id'); pairs = list(zip(df['device_id'], df['ts']))
-    np.testing.assert_allclose(df['risk'], batch_risk(ws, bundles[0], pairs), rtol=1e-9)     # the model's risk on the batch features
+    df = df.sort_values('device_id')
+    pairs = list(zip(df['device_id'], df['ts']))
+    # the model's risk on the batch features
+    np.testing.assert_allclose(df['risk'], batch_risk(ws, bundles[0], pairs), rtol=1e-9)
     np.testing.assert_allclose(df['anomaly'], batch_anomaly(ws, bundles[0], pairs), rtol=1e-6)
     assert {'device_id', 'ts', 'scored_at', 'model_version', 'risk', 'alert', 'rul_hours', 'anomaly'} <= set(df.columns)
     assert 'raw/scores' in json.loads((s.settings.lake_dir/'catalog.json').read_text())
     # latest state: newest score per device, over the API
     sc = s.http.get('/v1/scores').json()
-    assert {x['device_id'] for x in sc} == {'pump-0001', 'pump-0002', 'pump-0003'} and {x['model_version'] for x in sc} == {'v1'}
-    assert {x['device_id'] for x in s.http.get('/v1/scores', params={'alert': 1}).json()} == {x['device_id'] for x in sc if x['alert'] == 1}
+    assert {x['device_id'] for x in sc} == {'pump-0001', 'pump-0002', 'pump-0003'}
+    assert {x['model_version'] for x in sc} == {'v1'}
+    alerts = s.http.get('/v1/scores', params={'alert': 1}).json()
+    assert {x['device_id'] for x in alerts} == {x['device_id'] for x in sc if x['alert'] == 1}
     d = s.http.get('/v1/devices/pump-0002/latest').json()
     assert d['score']['model_version'] == 'v1' and d['score']['ts'] == '2026-01-14T23:00:00+00:00'
     # the same scores the API gives for the same devices and state
-    p = {x['device_id']: x for x in s.predict({'devices': ['pump-0001', 'pump-0002', 'pump-0003']}).json()['predictions']}
+    p = {x['device_id']: x for x in s.predict({'devices': ['pump-0001', 'pump-0002',
+                                                           'pump-0003']}).json()['predictions']}
     assert all(abs(p[x['device_id']]['risk'] - x['risk']) < 1e-12 for x in sc)
     m = s.http.get('/metrics').text
     assert 'iot2ml_scoring_passes_total' in m and 'iot2ml_scoring_devices_scored_total 3' in m

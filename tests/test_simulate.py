@@ -23,8 +23,10 @@ def dense(t: pa.Table, spec: FleetSpec):
     sen = pc.index_in(t['sensor'], pa.array(SENSORS)).to_numpy()
     off = t['ts'].cast(pa.int64()).to_numpy() - g.start_us
     assert (off % g.step_us == 0).all()
-    v = np.full((spec.pumps, g.n, len(SENSORS)), np.nan); q = np.zeros(v.shape, np.uint8)
-    v[dev, off//g.step_us, sen] = t['value'].to_numpy(); q[dev, off//g.step_us, sen] = t['quality'].to_numpy()
+    v = np.full((spec.pumps, g.n, len(SENSORS)), np.nan)
+    q = np.zeros(v.shape, np.uint8)
+    v[dev, off//g.step_us, sen] = t['value'].to_numpy()
+    q[dev, off//g.step_us, sen] = t['quality'].to_numpy()
     return v, q
 
 
@@ -89,7 +91,8 @@ def test_same_seed_same_output_different_seed_different():
     spec = FleetSpec(pumps=5, days=2, fault_rate=5, sensor_fault_rate=5)
     a, b = list(iter_batches(spec)), list(iter_batches(spec))
     assert [i for i, _ in a] == [i for i, _ in b] and all(x.equals(y) for (_, x), (_, y) in zip(a, b))
-    for f in (asset_registry, fault_schedule, maintenance_log, clock_skew): pd.testing.assert_frame_equal(f(spec), f(spec))
+    for f in (asset_registry, fault_schedule, maintenance_log,
+              clock_skew): pd.testing.assert_frame_equal(f(spec), f(spec))
     other = replace(spec, seed=43)
     assert not simulate(other).equals(simulate(spec))
     assert not fault_schedule(other).equals(fault_schedule(spec))
@@ -97,7 +100,8 @@ def test_same_seed_same_output_different_seed_different():
 
 
 def test_spec_errors_name_the_field():
-    for kw, msg in [(dict(freq='7min'), 'freq must divide a day'), (dict(start='2026-01-01 12:00'), 'start must be a date'),
+    for kw, msg in [(dict(freq='7min'), 'freq must divide a day'), (dict(start='2026-01-01 12:00'),
+                                                                    'start must be a date'),
                     (dict(missing_rate=1.5), 'missing_rate'), (dict(pumps=0), 'pumps'), (dict(days=0), 'days')]:
         with pytest.raises(ValueError, match=msg): simulate(FleetSpec(**kw))
 
@@ -120,7 +124,8 @@ def test_progress_bar_runs():
 # ---------------------------------------------------------------- physics of healthy pumps
 
 def test_healthy_signals_are_physical(Z):
-    v, q = Z; a = S.fleet_assets(Z_SPEC)
+    v, q = Z
+    a = S.fleet_assets(Z_SPEC)
     assert (q == 0).all() and not np.isnan(v).all(axis=(0, 1)).any()
     assert np.nanmin(v[..., SI['discharge_pressure']] - v[..., SI['suction_pressure']]) > 0.5
     flow = v[..., SI['flow']]
@@ -129,12 +134,14 @@ def test_healthy_signals_are_physical(Z):
     assert 0.4 < np.nanpercentile(pf, 1) and np.nanpercentile(pf, 99) < 0.95
     assert 30 < np.nanmedian(v[..., SI['bearing_temp']]) < 70 and 0.5 < np.nanmedian(v[..., SI['vibration_rms']]) < 4.5
     for s, d in DECIMALS.items():       # every reading at its sensor's resolution
-        x = v[..., SI[s]]; x = x[~np.isnan(x)]*10**d
+        x = v[..., SI[s]]
+        x = x[~np.isnan(x)]*10**d
         assert np.abs(x - np.round(x)).max() < 1e-6
 
 
 def test_demand_has_daily_and_weekly_cycles(Z):
-    v, _ = Z; flow = v[..., SI['flow']].reshape(Z_SPEC.pumps, -1, 24*H)       # (pumps, days, minutes of day)
+    v, _ = Z
+    flow = v[..., SI['flow']].reshape(Z_SPEC.pumps, -1, 24*H)       # (pumps, days, minutes of day)
     hourly = np.nanmean(flow.reshape(Z_SPEC.pumps, -1, 24, H), axis=(1, 3))      # (pumps, hour of day)
     assert (hourly.min(1) < 0.75*hourly.max(1)).all()                           # a night trough
     days = pd.date_range(Z_SPEC.start, periods=flow.shape[1])
@@ -145,12 +152,15 @@ def test_demand_has_daily_and_weekly_cycles(Z):
 # ---------------------------------------------------------------- equipment faults
 
 def _equipment_effects(A, Z):
-    "For each clean fault: change of the faulted pump from before onset to its last 6 h, over the same change in the healthy twin."
-    fs = fault_schedule(A_SPEC); eq = fs[(fs.kind == 'equipment') & fs.failure.notna()]
+    ("For each clean fault: change of the faulted pump from before onset to its last 6 h, over the same change in the "
+     "healthy twin.")
+    fs = fault_schedule(A_SPEC)
+    eq = fs[(fs.kind == 'equipment') & fs.failure.notna()]
     rows = []
     for r in eq.itertuples():
         prev = eq[(eq.device_id == r.device_id) & (eq.onset < r.onset)]
-        if (r.onset - S._grid(A_SPEC).start) < pd.Timedelta('2D') or (prev.repaired > r.onset - pd.Timedelta('48h')).any(): continue
+        too_early = (r.onset - S._grid(A_SPEC).start) < pd.Timedelta('2D')
+        if too_early or (prev.repaired > r.onset - pd.Timedelta('48h')).any(): continue
         p, o, f = int(r.device_id[5:]) - 1, step_of(r.onset, A_SPEC), step_of(r.failure, A_SPEC)
         k = -(-(f - o + 6*H)//(24*H))                      # same hours of day, whole days earlier, before onset
         after, before = slice(f - 6*H, f), slice(f - 6*H - k*24*H, f - k*24*H)
@@ -187,14 +197,18 @@ def test_seal_leak_cuts_delivered_flow_raises_current_and_temperature(effects):
 
 
 def test_vibration_spikes_late_in_bearing_wear(A, Z):
-    fs = fault_schedule(A_SPEC); r = fs[(fs.fault == 'bearing_wear') & fs.failure.notna()].iloc[0]
+    fs = fault_schedule(A_SPEC)
+    r = fs[(fs.fault == 'bearing_wear') & fs.failure.notna()].iloc[0]
     p, f = int(r.device_id[5:]) - 1, step_of(r.failure, A_SPEC)
-    x = A[0][p, f - 12*H:f, SI['vibration_rms']]; x = x[~np.isnan(x)]
+    x = A[0][p, f - 12*H:f, SI['vibration_rms']]
+    x = x[~np.isnan(x)]
     assert x.max() > 1.4*np.median(x)
 
 
 def test_pump_is_off_between_failure_and_repair_then_healthy(A):
-    v, _ = A; fs = fault_schedule(A_SPEC); eq = fs[fs.failure.notna() & fs.repaired.notna()]
+    v, _ = A
+    fs = fault_schedule(A_SPEC)
+    eq = fs[fs.failure.notna() & fs.repaired.notna()]
     assert len(eq) >= 5
     for r in eq.itertuples():
         p, f, rep = int(r.device_id[5:]) - 1, step_of(r.failure, A_SPEC), step_of(r.repaired, A_SPEC)
@@ -223,7 +237,8 @@ def test_failures_are_logged_after_a_fault_onset():
 
 def test_sensor_faults_touch_only_their_sensor_and_span(B, Z):
     (vb, qb), (vz, _) = B, Z
-    fs = fault_schedule(B_SPEC); fs = fs[fs.kind == 'sensor']
+    fs = fault_schedule(B_SPEC)
+    fs = fs[fs.kind == 'sensor']
     assert set(fs.fault) == set(S.SENSOR_FAULTS)
     allowed = np.zeros(vb.shape, bool)
     for r in fs.itertuples():
@@ -236,7 +251,8 @@ def test_sensor_faults_touch_only_their_sensor_and_span(B, Z):
 
 def _spans(kind, min_steps=4*H):
     "(pump, steps, sensor) of each fault of `kind` in B lasting at least `min_steps` within the period."
-    fs = fault_schedule(B_SPEC); g = S._grid(B_SPEC)
+    fs = fault_schedule(B_SPEC)
+    g = S._grid(B_SPEC)
     for r in fs[fs.fault == kind].itertuples():
         i0, i1 = step_of(r.onset, B_SPEC), g.n if pd.isna(r.repaired) else step_of(r.repaired, B_SPEC)
         if i1 - i0 >= min_steps: yield int(r.device_id[5:]) - 1, slice(i0, i1), SI[r.sensor]
@@ -245,7 +261,9 @@ def _spans(kind, min_steps=4*H):
 def test_stuck_sensor_has_zero_variance(B, Z):
     n = 0
     for p, w, s in _spans('stuck'):
-        x = B[0][p, w, s]; x = x[~np.isnan(x)]; n += 1
+        x = B[0][p, w, s]
+        x = x[~np.isnan(x)]
+        n += 1
         assert np.ptp(x) == 0 and np.nanstd(Z[0][p, w, s]) > 0
     assert n >= 2
 
@@ -253,19 +271,25 @@ def test_stuck_sensor_has_zero_variance(B, Z):
 def test_drift_is_a_growing_offset(B, Z):
     n = 0
     for p, w, s in _spans('drift'):
-        d = np.abs(B[0][p, w, s] - Z[0][p, w, s]); q = len(d)//4; n += 1
+        d = np.abs(B[0][p, w, s] - Z[0][p, w, s])
+        q = len(d)//4
+        n += 1
         assert np.nanmean(d[-q:]) > 3*np.nanmean(d[:q]) and np.nanmean(d[-q:]) > 0.05*S._fleet(B_SPEC).ref[s, p]
     assert n >= 2
 
 
 def test_spikes_are_rare_large_jumps_flagged_when_out_of_range(B, Z):
-    fl = S._fleet(B_SPEC); n = 0
+    fl = S._fleet(B_SPEC)
+    n = 0
     for p, w, s in _spans('spikes'):
-        d = np.abs(B[0][p, w, s] - Z[0][p, w, s]); span = fl.hi[s, p] - fl.lo[s, p]; n += 1
+        d = np.abs(B[0][p, w, s] - Z[0][p, w, s])
+        span = fl.hi[s, p] - fl.lo[s, p]
+        n += 1
         assert 0.01 < np.nanmean(d > 0) < 0.06 and np.nanmean(d > 0.1*span) > 0.005
         assert (d[B[1][p, w, s] == 1] > 0).all()                       # only spikes are flagged
     assert n >= 2
-    v, q = B; lo, hi = (np.broadcast_to(x.T[:, None, :], v.shape) for x in (fl.lo, fl.hi))
+    v, q = B
+    lo, hi = (np.broadcast_to(x.T[:, None, :], v.shape) for x in (fl.lo, fl.hi))
     flagged = q == 1
     assert flagged.any() and ((v == lo) | (v == hi))[flagged].all()      # clipped to the measuring range
     assert not ((v < lo) | (v > hi)).any()
@@ -316,7 +340,8 @@ def test_late_rate_and_out_of_order(M):
 
 
 def test_clock_skew_only_on_skewed_devices(M):
-    sk = clock_skew(M_SPEC); g = S._grid(M_SPEC)
+    sk = clock_skew(M_SPEC)
+    g = S._grid(M_SPEC)
     assert len(sk) == round(M_SPEC.skewed_devices*M_SPEC.pumps)
     ids = pc.index_in(pa.array(sk.device_id), pa.array(S.device_ids(M_SPEC.pumps))).to_numpy()
     on_grid = (M.ts % g.step_us == 0)
@@ -332,7 +357,8 @@ def test_clock_skew_only_on_skewed_devices(M):
 # ---------------------------------------------------------------- batches
 
 def test_batches_by_arrival_day_late_readings_later(M_batches):
-    g = S._grid(M_SPEC); days = pd.date_range(M_SPEC.start, periods=len(M_batches), tz='UTC')
+    g = S._grid(M_SPEC)
+    days = pd.date_range(M_SPEC.start, periods=len(M_batches), tz='UTC')
     assert [b for b, _ in M_batches] == [f"sim-{M_SPEC.seed}-{d:%Y%m%d}" for d in days]
     assert len(M_batches) > g.n_days                         # readings still in transit at the end
     late_seen = 0

@@ -1,9 +1,10 @@
 "The write-ahead spool: durable appends, flush triggers, group commit, torn tails, kill -9 recovery, backpressure."
-import os, signal, subprocess, sys, threading, time
+import os, signal, subprocess, sys, threading
 from pathlib import Path
 import duckdb, numpy as np, pandas as pd, pyarrow as pa, pytest
 from iot2ml.lake.store import Lake
 from iot2ml.ingest.spool import SpooledWriter, SpoolFull, read_segment
+from helpers import wait_for
 
 T0 = pd.Timestamp('2026-01-01', tz='UTC')
 
@@ -12,13 +13,6 @@ def readings(start:int, n:int=1, device='dev-1') -> pa.Table:
     k = np.arange(start, start + n)
     return pa.table({'device_id': [device] * n, 'ts': pa.array(T0 + pd.to_timedelta(k, 's')),
                      'sensor': ['flow'] * n, 'value': k.astype(float)})
-
-def wait_for(cond, timeout=20.0):
-    "Poll `cond` until true (a generous deadline, not a timing assertion)."
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end: raise AssertionError("condition not reached")
-        time.sleep(0.01)
 
 def raw_counts(lake:Lake) -> pd.DataFrame:
     "Rows per reading number in the raw tier."
@@ -49,7 +43,8 @@ def test_append_durable_flush_lands(lake, tmp_path):
     assert [f['batch_id'] for f in flushed] == ['w1-000000000001', 'w1-000000000002']
     c = raw_counts(lake)
     assert len(c) == 60 and (c['n'] == 1).all() and set(c['value']) == set(range(60))
-    assert sorted(p.stem for p in (lake.path('raw', 'telemetry')/'_batches').glob('*.json')) == ['w1-000000000001', 'w1-000000000002']
+    batches = lake.path('raw', 'telemetry')/'_batches'
+    assert sorted(p.stem for p in batches.glob('*.json')) == ['w1-000000000001', 'w1-000000000002']
     # a restart never reuses a landed id, even if the spool folder was wiped
     for p in (tmp_path/'spool').glob('seg-*'): p.unlink()
     with SpooledWriter(lake, tmp_path/'spool', writer_id='w1') as w2:
@@ -63,7 +58,8 @@ def test_one_writer_per_folder(lake, tmp_path):
 @pytest.mark.parametrize('trigger', ['rows', 'bytes', 'seconds'])
 def test_flush_triggers(lake, tmp_path, trigger):
     kw = dict(flush_rows=10**9, flush_bytes=1 << 40, flush_seconds=3600)
-    kw[{'rows': 'flush_rows', 'bytes': 'flush_bytes', 'seconds': 'flush_seconds'}[trigger]] = {'rows': 20, 'bytes': 4000, 'seconds': 0.2}[trigger]
+    kw[{'rows': 'flush_rows', 'bytes': 'flush_bytes',
+        'seconds': 'flush_seconds'}[trigger]] = {'rows': 20, 'bytes': 4000, 'seconds': 0.2}[trigger]
     flushed = []
     w = SpooledWriter(lake, tmp_path/'spool', on_flush=flushed.append, **kw).start()
     try:
@@ -81,7 +77,8 @@ def test_group_commit(lake, tmp_path, monkeypatch):
     real, gate = os.fdatasync, threading.Event()
     monkeypatch.setattr(os, 'fdatasync', lambda fd: (gate.wait(60), real(fd))[1])
     commits = []
-    w = SpooledWriter(lake, tmp_path/'spool', flush_seconds=3600, on_commit=lambda t: commits.append(t.num_rows)).start()
+    w = SpooledWriter(lake, tmp_path/'spool', flush_seconds=3600,
+                      on_commit=lambda t: commits.append(t.num_rows)).start()
     futs = [[] for _ in range(8)]
     def producer(k):
         for i in range(250): futs[k].append(w.append(readings(k * 1000 + i)))
@@ -105,13 +102,16 @@ from iot2ml.ingest.spool import SpooledWriter
 lake_dir, spool_dir, mode, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 T0 = pd.Timestamp('2026-01-01', tz='UTC')
 def readings(k):
-    return pa.table({'device_id': ['dev-1'], 'ts': pa.array([T0 + pd.Timedelta(seconds=k)]), 'sensor': ['flow'], 'value': [float(k)]})
+    return pa.table({'device_id': ['dev-1'], 'ts': pa.array([T0 + pd.Timedelta(seconds=k)]), 'sensor': ['flow'],
+                     'value': [float(k)]})
 class CrashAfterLand(Lake):
     def land(self, *a, **kw):
         r = super().land(*a, **kw)
-        print(f"landed {r.batch_id}\n", end='', flush=True); os._exit(9)   # after the landing, before the segment delete
+        print(f"landed {r.batch_id}\n", end='', flush=True)
+        os._exit(9)   # after the landing, before the segment delete
 lake = (CrashAfterLand if os.environ.get('SPOOL_CRASH_AFTER_LAND') else Lake)(lake_dir)
-w = SpooledWriter(lake, spool_dir, writer_id='crash', flush_rows=int(os.environ.get('FLUSH_ROWS', '50')), flush_seconds=3600).start()
+w = SpooledWriter(lake, spool_dir, writer_id='crash', flush_rows=int(os.environ.get('FLUSH_ROWS', '50')),
+                  flush_seconds=3600).start()
 print("started", flush=True)
 for k in range(n):
     w.append(readings(k)).result()
@@ -121,7 +121,8 @@ os._exit(0)                           # no close(): leave the spool as a crash w
 
 def run_driver(tmp_path, mode, n, env=None, kill_after=None):
     "Run the driver; kill -9 it once it has acknowledged `kill_after` readings; returns (highest acked, other lines)."
-    script = tmp_path/'driver.py'; script.write_text(DRIVER)
+    script = tmp_path/'driver.py'
+    script.write_text(DRIVER)
     p = subprocess.Popen([sys.executable, str(script), str(tmp_path/'lake'), str(tmp_path/'spool'), mode, str(n)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | (env or {}))
     acked, other = -1, []
@@ -130,7 +131,9 @@ def run_driver(tmp_path, mode, n, env=None, kill_after=None):
             line = line.strip()
             if line.isdigit():
                 acked = int(line)
-                if kill_after is not None and acked >= kill_after: os.kill(p.pid, signal.SIGKILL); break
+                if kill_after is not None and acked >= kill_after:
+                    os.kill(p.pid, signal.SIGKILL)
+                    break
             else: other.append(line)
         for line in p.stdout:   # acks printed before the kill are acks
             line = line.strip()
@@ -146,7 +149,9 @@ def check_exactly_once(lake, acked):
     c = raw_counts(lake)
     assert (c['n'] == 1).all(), c[c['n'] > 1]
     assert set(range(acked + 1)) <= set(c['value'].astype(int))
-    assert (c['device_id'] == 'dev-1').all() and (c['sensor'] == 'flow').all() and (c['value'] == c['value'].round()).all()
+    assert (c['device_id'] == 'dev-1').all()
+    assert (c['sensor'] == 'flow').all()
+    assert (c['value'] == c['value'].round()).all()
     assert (c['us'] == c['value'] * 1_000_000).all()   # each reading is the one the driver numbered, intact
     return c
 
@@ -179,11 +184,14 @@ def test_torn_tail(lake, tmp_path, damage):
     acked, _ = run_driver(tmp_path, 'few', 3, env={'FLUSH_ROWS': '1000'})
     assert acked == 2
     seg = tmp_path/'spool'/'seg-000000000001.wal'
-    data = seg.read_bytes(); good, _, size = read_segment(seg)
+    data = seg.read_bytes()
+    good, _, size = read_segment(seg)
     assert len(good) == 3
     if damage == 'cut': seg.write_bytes(data[:-7])                       # a write torn mid-record
-    elif damage == 'flip':                                               # reading 2's value 2.0 -> 3.0: only the crc sees it
-        i = data.rindex(np.float64(2.0).tobytes()); seg.write_bytes(data[:i] + np.float64(3.0).tobytes() + data[i + 8:])
+    # reading 2's value 2.0 -> 3.0: only the crc sees it
+    elif damage == 'flip':
+        i = data.rindex(np.float64(2.0).tobytes())
+        seg.write_bytes(data[:i] + np.float64(3.0).tobytes() + data[i + 8:])
     else: seg.write_bytes(data + b'\xff\xff\xff\x7f' + os.urandom(20))   # a length past the end
     want = {0, 1, 2} if damage == 'garbage' else {0, 1}
     with pytest.raises(OSError): SpooledWriter(BrokenLake(tmp_path/'lake'), tmp_path/'spool', writer_id='crash').start()
@@ -198,9 +206,12 @@ def test_torn_tail(lake, tmp_path, damage):
 class SlowLake(Lake):
     "A lake whose land waits for `gate`."
     def __init__(self, *a, **kw):
-        super().__init__(*a, **kw); self.gate = threading.Event(); self.landing = threading.Event()
+        super().__init__(*a, **kw)
+        self.gate = threading.Event()
+        self.landing = threading.Event()
     def land(self, *a, **kw):
-        self.landing.set(); self.gate.wait(30)
+        self.landing.set()
+        self.gate.wait(30)
         return super().land(*a, **kw)
 
 def test_backpressure(tmp_path):
@@ -211,13 +222,20 @@ def test_backpressure(tmp_path):
         lake.landing.wait(10)   # the flusher is now stuck landing the first segment
         accepted, k = 1, 1
         with pytest.raises(SpoolFull) as e:
-            while k < 1000: w.append(readings(k * 10, 10)).result(); accepted += 1; k += 1
+            while k < 1000:
+                w.append(readings(k * 10, 10)).result()
+                accepted += 1
+                k += 1
         assert e.value.retry_after > 0 and w.stats['spool_full'] == 1 and 1 < accepted < 1000
         assert w.stats['depth_bytes'] <= 20_000
-        lake.gate.set(); w.flush()   # the flusher catches up
+        lake.gate.set()
+        w.flush()   # the flusher catches up
         assert w.stats['depth_bytes'] == 0
-        w.append(readings(k * 10, 10)).result(); accepted += 1
-    finally: lake.gate.set(); w.close()
+        w.append(readings(k * 10, 10)).result()
+        accepted += 1
+    finally:
+        lake.gate.set()
+        w.close()
     assert len(raw_counts(lake)) == 10 * accepted
 
 def test_append_async(lake, tmp_path):
@@ -239,6 +257,7 @@ def test_failed_fsync_is_not_acknowledged(lake, tmp_path, monkeypatch):
     with pytest.raises(OSError): w.append(readings(1)).result()
     w.append(readings(2)).result()   # the failed record was truncated away: later records replay fine
     monkeypatch.undo()
-    assert [t.column('value')[0].as_py() for t in read_segment(tmp_path/'spool'/'seg-000000000001.wal')[0]] == [0.0, 2.0]
+    segment = read_segment(tmp_path/'spool'/'seg-000000000001.wal')[0]
+    assert [t.column('value')[0].as_py() for t in segment] == [0.0, 2.0]
     w.close()
     assert set(raw_counts(lake)['value']) == {0.0, 2.0}
