@@ -73,8 +73,8 @@ def test_aliases_history_rollback(tmp_path):
     h = reg.history()
     assert [(e['action'], e['alias'], e['from'], e['to']) for e in h] == [
         ('promote', 'champion', None, 'v1'), ('promote', 'champion', 'v1', 'v2'), ('promote', 'champion', 'v2', 'v3'),
-        ('promote', 'challenger', None, 'v1'), ('rollback', 'champion', 'v3', 'v2'),
-                                                                          ('rollback', 'champion', 'v2', 'v1')]
+        ('promote', 'challenger', None, 'v1'),
+        ('rollback', 'champion', 'v3', 'v2'), ('rollback', 'champion', 'v2', 'v1')]
     assert h[0]['by'] == 'alice' and h[-1]['why'] == 'v2 too' and all(e['when'].endswith('+00:00') for e in h)
     assert reg.champion_token() == 5
 
