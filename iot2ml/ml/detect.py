@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator
 from sklearn.covariance import MinCovDet, LedoitWolf
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
-from ..errors import StateError
+from ..errors import ConfigError, InputError, StateError
 
 # %% auto #0
 __all__ = ['DETECTORS', 'NotFittedError', 'holt_residuals', 'fit_holt', 'robust_center_scale', 'k_of_n', 'hysteresis', 'Detector',
@@ -40,7 +40,8 @@ def _groups(X:pd.DataFrame) -> list[tuple[object, np.ndarray]]:
     t = _times(X).asi8
     if not isinstance(X.index, pd.MultiIndex): return [(None, np.argsort(t, kind='stable'))]
     codes, uniq = pd.factorize(X.index.get_level_values(0))
-    order = np.lexsort((t, codes)); cuts = np.flatnonzero(np.diff(codes[order])) + 1
+    order = np.lexsort((t, codes))
+    cuts = np.flatnonzero(np.diff(codes[order])) + 1
     return [(uniq[codes[p[0]]], p) for p in np.split(order, cuts) if len(p)]
 
 def _times(X:pd.DataFrame) -> pd.DatetimeIndex:
@@ -92,7 +93,8 @@ def robust_center_scale(a:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     med = np.nanmedian(a, axis=0)
     q1, q3 = np.nanpercentile(a, [25, 75], axis=0)
     s = (q3 - q1) / 1.349
-    mad = 1.4826 * np.nanmedian(np.abs(a - med), axis=0); std = np.nanstd(a, axis=0)
+    mad = 1.4826 * np.nanmedian(np.abs(a - med), axis=0)
+    std = np.nanstd(a, axis=0)
     s = np.where(s > 0, s, np.where(mad > 0, mad, std))
     return med, np.nan_to_num(s)
 
@@ -119,7 +121,8 @@ def k_of_n(flags:np.ndarray, k:int, n:int) -> np.ndarray:
 
 def hysteresis(score:np.ndarray, on:np.ndarray, off:float) -> np.ndarray:
     "Alarm starts where `on`, and stays on while `score` >= `off`: a sustained departure keeps alarming."
-    on = np.asarray(on, bool); keep = on | (np.nan_to_num(score, nan=-np.inf) >= off)
+    on = np.asarray(on, bool)
+    keep = on | (np.nan_to_num(score, nan=-np.inf) >= off)
     idx = np.arange(len(on))
     last_on = np.maximum.accumulate(np.where(on, idx, -1))
     last_break = np.maximum.accumulate(np.where(~keep, idx, -1))
@@ -127,7 +130,7 @@ def hysteresis(score:np.ndarray, on:np.ndarray, off:float) -> np.ndarray:
 
 # %% ../../nbs/ml/03_detect.ipynb #135b3f44
 class Detector(BaseEstimator):
-    "Base of the detectors: input checks, robust scaling, NaN handling, per-device causal features, thresholds, smoothing."
+    "Base of the detectors: input checks, robust scaling, NaN handling, per-device causal features, limits, smoothing."
     # subclasses: _fit_core(F) learns the model from fit features, _score_core(F) -> score per row (higher = worse)
     def _prefit(self, Zs:list[np.ndarray]): pass
     def _tail_times(self, dev, n:int, first) -> np.ndarray:
@@ -155,7 +158,8 @@ class Detector(BaseEstimator):
     def _select(self, X:pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.columns_ + self.dropped_ if c not in X.columns]
         if missing:
-            raise ValueError(f"X lacks columns the detector was fit on: {missing}; pass the same sensor columns as in fit")
+            raise InputError(f"X lacks columns the detector was fit on: {missing}; "
+                             "pass the same sensor columns as in fit")
         return X[self.columns_].to_numpy(dtype=float, na_value=np.nan)
 
     def _standardize(self, raw:np.ndarray) -> np.ndarray:
@@ -168,7 +172,7 @@ class Detector(BaseEstimator):
 def _features(self:Detector, Z:np.ndarray) -> np.ndarray:
     "Per-device features from standardized, imputed values Z (rows in time order)."
     if getattr(self, 'features', 'raw') == 'raw': return Z
-    if self.features != 'rolling': raise ValueError(f"features={self.features!r}: use 'raw' or 'rolling'")
+    if self.features != 'rolling': raise ConfigError(f"features={self.features!r}: use 'raw' or 'rolling'")
     out = [Z]
     for w in self.windows:
         r = pd.DataFrame(Z).rolling(int(w), min_periods=1)
@@ -179,21 +183,29 @@ def _features(self:Detector, Z:np.ndarray) -> np.ndarray:
 
 # %% ../../nbs/ml/03_detect.ipynb #6fc35c1a
 @patch
-def fit(self:Detector, X:pd.DataFrame, y=None):
-    "Learn scaling, model and threshold from `X`, rows of normal operation (all devices pooled)."
-    X = _check_frame(X)
-    if len(X) < 20: raise ValueError(f"fit needs at least 20 rows of normal operation, got {len(X)}")
-    raw = X.to_numpy(dtype=float, na_value=np.nan)
+def _fit_scaling(self:Detector, columns:pd.Index, raw:np.ndarray) -> np.ndarray:
+    "Learn each column's robust centre and scale; returns the mask of the constant or empty columns, left out."
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)
         med, sc = robust_center_scale(raw)
     const = (sc == 0) | np.isnan(med)
-    self.dropped_ = [c for c, k in zip(X.columns, const) if k]
-    if const.all(): raise ValueError(f"every column of X is constant or empty in the fit data: {list(X.columns)}")
-    if self.dropped_: warnings.warn(f"detector: dropped constant or empty columns {self.dropped_} (nothing to learn from them)")
-    self.columns_ = [c for c, k in zip(X.columns, const) if not k]
+    self.dropped_ = [c for c, k in zip(columns, const) if k]
+    if const.all(): raise InputError(f"every column of X is constant or empty in the fit data: {list(columns)}")
+    if self.dropped_:
+        warnings.warn(f"detector: dropped constant or empty columns {self.dropped_} (nothing to learn from them)")
+    self.columns_ = [c for c, k in zip(columns, const) if not k]
     self.center_, self.scale_ = med[~const], sc[~const]
-    groups = _groups(X); raw = raw[:, ~const]
+    return const
+
+@patch
+def fit(self:Detector, X:pd.DataFrame, y=None):
+    "Learn scaling, model and threshold from `X`, rows of normal operation (all devices pooled)."
+    X = _check_frame(X)
+    if len(X) < 20: raise InputError(f"fit needs at least 20 rows of normal operation, got {len(X)}")
+    raw = X.to_numpy(dtype=float, na_value=np.nan)
+    const = self._fit_scaling(X.columns, raw)
+    groups = _groups(X)
+    raw = raw[:, ~const]
     Zs = [self._standardize(raw[p]) for _, p in groups]
     self._prefit(Zs)
     Fs = [self._features(Z) for Z in Zs]
@@ -202,7 +214,8 @@ def fit(self:Detector, X:pd.DataFrame, y=None):
     self._fit_core(np.vstack(use))
     s = self._score_core(np.vstack(use))
     self.threshold_ = self._fit_threshold(s)
-    t = _times(X); n = self._warm()
+    t = _times(X)
+    n = self._warm()
     self.tails_ = {d: (raw[p[-n:]], t[p[-1]]) for d, p in groups}
     self.tail_t_ = {d: t[p[-n:]].asi8 / 1e9 for d, p in groups}
     self.n_features_in_ = len(self.columns_) + len(self.dropped_)
@@ -212,14 +225,18 @@ def fit(self:Detector, X:pd.DataFrame, y=None):
 @patch
 def _check_fitted(self:Detector):
     if not hasattr(self, 'threshold_'):
-        raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(X_normal) before predict/anomaly_score")
+        raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(X_normal) before "
+                             f"predict/anomaly_score")
 
 
 @patch
 def _run(self:Detector, X:pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     "Score and flag every row of X, per device, with the fit tail as warm-up when X follows the fit data."
-    self._check_fitted(); X = _check_frame(X)
-    raw = self._select(X); t = _times(X); n = len(X)
+    self._check_fitted()
+    X = _check_frame(X)
+    raw = self._select(X)
+    t = _times(X)
+    n = len(X)
     allnan = np.isnan(raw).all(axis=1) if raw.shape[1] else np.ones(n, bool)
     parts = []
     for d, p in _groups(X):
@@ -229,10 +246,13 @@ def _run(self:Detector, X:pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         tt = np.r_[self._tail_times(d, len(pre), t[p[0]]), t[p].asi8 / 1e9]
         parts.append((p, len(pre), self._dev_features(Z, d, tt)))
     S = self._score_core(np.vstack([F for _, _, F in parts]))
-    score, flag = np.full(n, np.nan), np.zeros(n, int); i = 0
-    k, m = self.smooth; hold = self.hold if self.hold is not None else None
+    score, flag = np.full(n, np.nan), np.zeros(n, int)
+    i = 0
+    k, m = self.smooth
+    hold = self.hold if self.hold is not None else None
     for p, h, F in parts:
-        s = S[i:i + len(F)]; i += len(F)
+        s = S[i:i + len(F)]
+        i += len(F)
         f = k_of_n(np.nan_to_num(s) > self.threshold_, k, m)
         if hold is not None: f = hysteresis(s, f, hold * self.threshold_)
         score[p], flag[p] = s[h:], f[h:]
@@ -255,7 +275,8 @@ def predict(self:Detector, X:pd.DataFrame) -> pd.Series:
 @patch
 def score_last(self:Detector, X:pd.DataFrame) -> pd.DataFrame:
     "Score and flag of the last row of each device of X, computed on only the rows it needs (live stream)."
-    X = _check_frame(X); n = self._warm()
+    X = _check_frame(X)
+    n = self._warm()
     X = X.iloc[np.concatenate([p for _, p in _groups(X)])]          # time order per device
     tail = X.groupby(level=0, sort=False).tail(n) if isinstance(X.index, pd.MultiIndex) else X.iloc[-n:]
     s, f = self._run(tail)
@@ -264,22 +285,26 @@ def score_last(self:Detector, X:pd.DataFrame) -> pd.DataFrame:
 
 # %% ../../nbs/ml/03_detect.ipynb #dc349553
 class PCADetector(Detector):
-    "PCA on standardized features: Hotelling T-squared (inside the model) and SPE/Q (off the model), each against its control limit."
+    "PCA on standardized features: Hotelling T-squared (inside the model) and SPE/Q (off it), each against its limit."
     def __init__(self, features='raw', windows=(5, 20, 60), variance=0.9, alpha=0.99, contamination=None,
                  smooth=(1, 1), hold=None, ffill_limit=5, warm_start=True):
-        self.features, self.windows, self.variance, self.alpha, self.contamination = features, windows, variance, alpha, contamination
+        self.features, self.windows, self.variance = features, windows, variance
+        self.alpha, self.contamination = alpha, contamination
         self.smooth, self.hold, self.ffill_limit, self.warm_start = smooth, hold, ffill_limit, warm_start
 
     def _fit_core(self, F):
         n, p = F.shape
-        full = PCA().fit(F); ev = full.explained_variance_
+        full = PCA().fit(F)
+        ev = full.explained_variance_
         k = int(np.searchsorted(np.cumsum(full.explained_variance_ratio_), self.variance) + 1) if p > 1 else 1
-        self.k_ = k = min(k, p, n - 2); self.pca_ = PCA(k).fit(F)
+        self.k_ = k = min(k, p, n - 2)
+        self.pca_ = PCA(k).fit(F)
         # Control limits: T2 from the F distribution, SPE from Jackson-Mudholkar (Box's g*chi2 when no residual space)
         self.t2_limit_ = k * (n - 1) * (n + 1) / (n * (n - k)) * stats.f.ppf(self.alpha, k, n - k)
         r = ev[k:]
         if len(r) and r.sum() > 1e-12:
-            th1, th2, th3 = r.sum(), (r**2).sum(), (r**3).sum(); h0 = 1 - 2 * th1 * th3 / (3 * th2**2)
+            th1, th2, th3 = r.sum(), (r**2).sum(), (r**3).sum()
+            h0 = 1 - 2 * th1 * th3 / (3 * th2**2)
             ca = stats.norm.ppf(self.alpha)
             self.spe_limit_ = th1 * (ca * np.sqrt(2 * th2 * h0**2) / th1 + 1 + th2 * h0 * (h0 - 1) / th1**2) ** (1 / h0)
         else: self.spe_limit_ = np.inf
@@ -303,7 +328,8 @@ class MahalanobisDetector(Detector):
     def __init__(self, features='raw', windows=(5, 20, 60), alpha=0.999, contamination=None, smooth=(1, 1), hold=None,
                  ffill_limit=5, warm_start=True, random_state=0):
         self.features, self.windows, self.alpha, self.contamination = features, windows, alpha, contamination
-        self.smooth, self.hold, self.ffill_limit, self.warm_start, self.random_state = smooth, hold, ffill_limit, warm_start, random_state
+        self.smooth, self.hold, self.ffill_limit = smooth, hold, ffill_limit
+        self.warm_start, self.random_state = warm_start, random_state
 
     def _fit_core(self, F):
         self.estimator_ = None
@@ -324,10 +350,12 @@ class MahalanobisDetector(Detector):
 # %% ../../nbs/ml/03_detect.ipynb #27e515fd
 class IForestDetector(Detector):
     "Isolation Forest on standardized features; threshold a quantile of the fit scores."
-    def __init__(self, features='raw', windows=(5, 20, 60), n_estimators=100, contamination=0.01, smooth=(1, 1), hold=None,
-                 ffill_limit=5, warm_start=True, random_state=0):
-        self.features, self.windows, self.n_estimators, self.contamination = features, windows, n_estimators, contamination
-        self.smooth, self.hold, self.ffill_limit, self.warm_start, self.random_state = smooth, hold, ffill_limit, warm_start, random_state
+    def __init__(self, features='raw', windows=(5, 20, 60), n_estimators=100, contamination=0.01, smooth=(1, 1),
+                 hold=None, ffill_limit=5, warm_start=True, random_state=0):
+        self.features, self.windows = features, windows
+        self.n_estimators, self.contamination = n_estimators, contamination
+        self.smooth, self.hold, self.ffill_limit = smooth, hold, ffill_limit
+        self.warm_start, self.random_state = warm_start, random_state
 
     def _fit_core(self, F):
         self.forest_ = IsolationForest(n_estimators=self.n_estimators, random_state=self.random_state).fit(F)
@@ -336,7 +364,7 @@ class IForestDetector(Detector):
 
 # %% ../../nbs/ml/03_detect.ipynb #09b1ca0f
 class ForecastDetector(Detector):
-    "Per feature: damped-Holt exponential smoothing fitted by statsmodels, one-step-ahead residuals run forward causally."
+    "Per feature: damped-Holt exponential smoothing fitted by statsmodels, one-step-ahead residuals run causally."
     def __init__(self, features='raw', windows=(5, 20, 60), limit=4.5, contamination=None, smooth=(1, 1), hold=None,
                  ffill_limit=5, warm_start=True):
         self.features, self.windows, self.limit, self.contamination = features, windows, limit, contamination
@@ -369,16 +397,21 @@ class _AutoModel:
     "The statistics of `auto` learned from standardized fit blocks `Zs`; `stats(Z)` -> non-negative departures per row."
     def __init__(self, Zs:list, holt:list, smooth_w:int, spread_w:int, variance:float):
         self.holt, self.w, self.sw = holt, smooth_w, spread_w
-        M = np.vstack([_trail_mean(Z, self.w) for Z in Zs]); self.d = d = M.shape[1]
-        self.mc, ms = robust_center_scale(M); self.ms = np.where(ms > 0, ms, 1.)
-        U = (M - self.mc) / self.ms; self.mu = U.mean(0)
+        M = np.vstack([_trail_mean(Z, self.w) for Z in Zs])
+        self.d = d = M.shape[1]
+        self.mc, ms = robust_center_scale(M)
+        self.ms = np.where(ms > 0, ms, 1.)
+        U = (M - self.mc) / self.ms
+        self.mu = U.mean(0)
         if d >= 2:
-            ev, V = np.linalg.eigh(np.cov(U.T)); ev, V = ev[::-1], V[:, ::-1]
+            ev, V = np.linalg.eigh(np.cov(U.T))
+            ev, V = ev[::-1], V[:, ::-1]
             ev = np.maximum(ev, 1e-3 * ev.sum() + 1e-9)             # a floor: no direction is trusted to be exact
             k = min(int(np.searchsorted(np.cumsum(ev) / ev.sum(), variance) + 1), d - 1)
             self.P, self.lam = V[:, :k], ev[:k]
         self.sc = np.nanmedian(np.vstack([self._spread(Z) for Z in Zs]), 0)
-        _, rs = robust_center_scale(np.vstack([self._resid(Z) for Z in Zs])); self.rs = np.where(rs > 0, rs, 1.)
+        _, rs = robust_center_scale(np.vstack([self._resid(Z) for Z in Zs]))
+        self.rs = np.where(rs > 0, rs, 1.)
 
     def _spread(self, Z):
         D = np.diff(Z, axis=0, prepend=Z[:1])
@@ -395,10 +428,13 @@ class _AutoModel:
         """Columns: level per sensor, then t2 and spe (two sensors or more), spread per sensor, resid per sensor.
         `trend`: the level each sensor is expected at per row (the fit's trend continued); a level is measured from
         the fit median or from that trend, whichever is nearer."""
-        U = self.level(Z); Ua = U if trend is None else np.where(np.abs(U - trend) < np.abs(U), U - trend, U)
+        U = self.level(Z)
+        Ua = U if trend is None else np.where(np.abs(U - trend) < np.abs(U), U - trend, U)
         out = [np.abs(Ua)]
         if self.d >= 2:
-            Uc = U - self.mu; T = Uc @ self.P; Ta = (Ua - self.mu) @ self.P
+            Uc = U - self.mu
+            T = Uc @ self.P
+            Ta = (Ua - self.mu) @ self.P
             out += [(Ta**2 / self.lam).sum(1, keepdims=True), ((Uc - T @ self.P.T)**2).sum(1, keepdims=True)]
         out.append(np.abs(np.nan_to_num(self._spread(Z) - self.sc)))
         out.append(_trail_mean(np.abs(self._resid(Z)) / self.rs, self.w))
@@ -410,12 +446,15 @@ class _AutoModel:
 
 # %% ../../nbs/ml/03_detect.ipynb #9bb131f9
 class AutoDetector(Detector):
-    "Calibrated residual ensemble: PCA T2/SPE of a trailing mean, per-sensor level, spread and forecast residual; limits from held-out fit blocks."
+    "Calibrated residual ensemble: PCA T2/SPE of a trailing mean, per-sensor level, spread and forecast residual."
     def __init__(self, smooth_w=10, spread_w=40, variance=0.99, folds=10, q=0.99, margin=2.5, score_w=11,
-                 smooth=(1, 1), hold=0.8, ffill_limit=5, warm_start=True, trend=True, trend_power=1.0, baseline_w=0, baseline_gate=0.25, baseline_t2=True):
-        self.smooth_w, self.spread_w, self.variance, self.folds, self.q, self.margin = smooth_w, spread_w, variance, folds, q, margin
-        self.score_w, self.smooth, self.hold, self.ffill_limit, self.warm_start = score_w, smooth, hold, ffill_limit, warm_start
-        self.trend, self.trend_power, self.baseline_w, self.baseline_gate, self.baseline_t2 = trend, trend_power, baseline_w, baseline_gate, baseline_t2
+                 smooth=(1, 1), hold=0.8, ffill_limit=5, warm_start=True, trend=True, trend_power=1.0, baseline_w=0,
+                 baseline_gate=0.25, baseline_t2=True):
+        self.smooth_w, self.spread_w, self.score_w = smooth_w, spread_w, score_w
+        self.variance, self.folds, self.q, self.margin = variance, folds, q, margin
+        self.smooth, self.hold, self.ffill_limit, self.warm_start = smooth, hold, ffill_limit, warm_start
+        self.trend, self.trend_power = trend, trend_power
+        self.baseline_w, self.baseline_gate, self.baseline_t2 = baseline_w, baseline_gate, baseline_t2
 
     def _windows(self): return (self.smooth_w, self.spread_w, self.score_w, getattr(self, 'baseline_w', 0))
     def _model(self, Zs): return _AutoModel(Zs, self.holt_, self.smooth_w, self.spread_w, self.variance)
@@ -443,14 +482,16 @@ class AutoDetector(Detector):
 @patch
 def _prefit(self:AutoDetector, Zs):
     "Holt parameters; limits of each statistic and the threshold from held-out time blocks; then the model on all rows."
-    longest = max(Zs, key=len); self.holt_ = [fit_holt(longest[:, j]) for j in range(longest.shape[1])]
+    longest = max(Zs, key=len)
+    self.holt_ = [fit_holt(longest[:, j]) for j in range(longest.shape[1])]
     warm, held = max(self.smooth_w, self.spread_w), []
     for f in range(self.folds):
         train, test = [], []
         for Z in Zs:
             a, b = len(Z) * f // self.folds, len(Z) * (f + 1) // self.folds
             train += [x for x in (Z[:a], Z[b:]) if len(x) > 10]
-            lo = max(0, a - warm); test.append((Z[lo:b], a - lo if a else min(warm, (b - a) // 2)))
+            lo = max(0, a - warm)
+            test.append((Z[lo:b], a - lo if a else min(warm, (b - a) // 2)))
         if not train: continue
         m = self._model(train)
         held.append(np.vstack([m.stats(Z)[h:] for Z, h in test]))
@@ -466,43 +507,62 @@ def _adapt(self:AutoDetector, Z, trend, R):
     """Levels (and T2) measured also from a baseline that starts at the fit median (or trend) and follows each sensor's
     level at rate 1/`baseline_w`, only on rows where every statistic is below `baseline_gate` x threshold; the smaller
     departure counts."""
-    m = self.model_; U = m.level(Z); Ua = U if trend is None else np.where(np.abs(U - trend) < np.abs(U), U - trend, U)
-    d = U.shape[1]; lim = self.lim_[:d]; t2 = d >= 2 and self.baseline_t2
+    m = self.model_
+    U = m.level(Z)
+    Ua = U if trend is None else np.where(np.abs(U - trend) < np.abs(U), U - trend, U)
+    d = U.shape[1]
+    lim = self.lim_[:d]
+    t2 = d >= 2 and self.baseline_t2
     other = np.nanmax(R[:, d + 1 if d >= 2 else d:], axis=1)             # spe, spread, resid: not adapted
-    gate, a = self.baseline_gate * self.thr_, 1 / self.baseline_w; B = np.zeros(d)
+    gate, a = self.baseline_gate * self.thr_, 1 / self.baseline_w
+    B = np.zeros(d)
     L, T = np.empty_like(Ua), R[:, d].copy() if d >= 2 else None
     if t2: P, lam, mu, lt = m.P / np.sqrt(m.lam), m.lam, m.mu, self.lim_[d]
     for i in range(len(Ua)):
-        u = Ua[i]; dv = u - B; L[i] = l = np.where(np.abs(dv) < np.abs(u), dv, u)
+        u = Ua[i]
+        dv = u - B
+        L[i] = l = np.where(np.abs(dv) < np.abs(u), dv, u)
         if t2: T[i] = min(T[i], (((dv - mu) @ P)**2).sum() / lt)
         if other[i] < gate and (np.abs(l) < gate * lim).all() and (not t2 or T[i] < gate): B += a * dv
-    R = R.copy(); R[:, :d] = np.abs(L) / lim
+    R = R.copy()
+    R[:, :d] = np.abs(L) / lim
     if d >= 2: R[:, d] = T
     return R
 
 @patch
 def fit(self:AutoDetector, X:pd.DataFrame, y=None):
     "Fit as every detector, then each device's trend per sensor over its fit rows (`_fit_trend`)."
-    Detector.fit(self, X); X = _check_frame(X); raw = self._select(X); t = _times(X).asi8 / 1e9
+    Detector.fit(self, X)
+    X = _check_frame(X)
+    raw = self._select(X)
+    t = _times(X).asi8 / 1e9
     self.trend_ = {d: self._fit_trend(self._standardize(raw[p]), t[p]) for d, p in _groups(X)}
     return self
 
 @patch
 def _fit_trend(self:AutoDetector, Z, t):
-    "(end time, expected level at the end, slope per s): each sensor's least-squares slope over its fit rows, shrunk by R^2."
-    te = t[-1]; U = self.model_.level(Z)[self.smooth_w:]; t = t[self.smooth_w:] - te
+    "(end time, level expected at the end, slope per s): each sensor's least-squares slope on its fit rows, times R^2."
+    te = t[-1]
+    U = self.model_.level(Z)[self.smooth_w:]
+    t = t[self.smooth_w:] - te
     if len(U) < 50 or np.ptp(t) == 0: return None
-    tc = t - t.mean(); b = tc @ (U - U.mean(0)) / (tc @ tc)
-    fitted = U.mean(0) + np.outer(tc, b); r2 = 1 - ((U - fitted)**2).sum(0) / np.maximum(((U - U.mean(0))**2).sum(0), 1e-12)
+    tc = t - t.mean()
+    b = tc @ (U - U.mean(0)) / (tc @ tc)
+    fitted = U.mean(0) + np.outer(tc, b)
+    r2 = 1 - ((U - fitted)**2).sum(0) / np.maximum(((U - U.mean(0))**2).sum(0), 1e-12)
     s = b * np.clip(r2, 0, 1) ** self.trend_power
     return (te, U.mean(0) - b * t.mean(), s)
 
 @patch
 def explain(self:AutoDetector, X:pd.DataFrame) -> pd.Series:
-    "The statistic behind each row's score before smoothing, e.g. 'spe' or 'level:bearing_temp' (rows as in `anomaly_score`)."
-    self._check_fitted(); X = _check_frame(X); names = self.model_.names(self.columns_); out = []
+    "The statistic behind each row's unsmoothed score, e.g. 'spe' or 'level:bearing_temp' (rows as in `anomaly_score`)."
+    self._check_fitted()
+    X = _check_frame(X)
+    names = self.model_.names(self.columns_)
+    out = []
     for d, p in _groups(X):
-        tail = self.tails_.get(d); raw = self._select(X)[p]
+        tail = self.tails_.get(d)
+        raw = self._select(X)[p]
         pre = tail[0] if tail is not None and self.warm_start and _times(X)[p[0]] > tail[1] else raw[:0]
         tt = np.r_[self._tail_times(d, len(pre), _times(X)[p[0]]), _times(X)[p].asi8 / 1e9]
         R = self._ratios(self._standardize(np.vstack([pre, raw])), self._trend(d, tt), adapt=True)[len(pre):]
@@ -519,6 +579,6 @@ def make_detector(name:str='auto', # one of DETECTORS: 'auto', 'pca', 'mahalanob
     "A new, unfitted detector by name."
     if name not in DETECTORS:
         near = difflib.get_close_matches(str(name), DETECTORS, n=3)
-        raise ValueError(f"unknown detector {name!r}" + (f"; did you mean one of these: {near}?" if near else '')
-                         + f" Known: {list(DETECTORS)}")
+        hint = f"; did you mean one of these: {near}?" if near else ''
+        raise ConfigError(f"unknown detector {name!r}{hint} Known: {list(DETECTORS)}")
     return DETECTORS[name](**kw)

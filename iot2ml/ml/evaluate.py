@@ -7,8 +7,10 @@ from __future__ import annotations
 import math
 import numpy as np, pandas as pd
 import matplotlib
+from ..errors import ConfigError, InputError
 from ..plots import Figure
-from sklearn.metrics import average_precision_score, precision_recall_curve, precision_score, recall_score, f1_score, confusion_matrix
+from sklearn.metrics import (average_precision_score, precision_recall_curve, precision_score, recall_score, f1_score,
+                             confusion_matrix)
 
 # %% auto #0
 __all__ = ['NAB_PROFILES', 'point_metrics', 'event_metrics', 'pr_table', 'confusion_table', 'plot_pr', 'plot_confusion',
@@ -19,7 +21,8 @@ def point_metrics(y, alert, score) -> dict:
     "precision, recall and F1 of `alert`, PR-AUC of `score`, against labels `y`."
     y, alert = np.asarray(y).astype(int), np.asarray(alert).astype(int)
     has = y.sum() > 0
-    return dict(precision=float(precision_score(y, alert, zero_division=0)), recall=float(recall_score(y, alert, zero_division=0)),
+    return dict(precision=float(precision_score(y, alert, zero_division=0)),
+                recall=float(recall_score(y, alert, zero_division=0)),
                 f1=float(f1_score(y, alert, zero_division=0)),
                 pr_auc=float(average_precision_score(y, np.asarray(score))) if has else float('nan'),
                 alerts=int(alert.sum()), positives=int(y.sum()), rows=int(len(y)))
@@ -32,10 +35,12 @@ def event_metrics(pred:pd.DataFrame,            # indexed by (device_id, ts), wi
     "failures, caught, mean lead time (hours), false alarms and false alarms per device-month over `pred`'s time range."
     horizon = pd.Timedelta(horizon)
     p = pred['alert'].astype(bool)
-    ts = pred.index.get_level_values('ts'); lo, hi = ts.min(), ts.max()
+    ts = pred.index.get_level_values('ts')
+    lo, hi = ts.min(), ts.max()
     fails = maintenance[(maintenance['event'] == 'failure')].copy()
     fails['ts'] = pd.to_datetime(fails['ts'], utc=True)
-    fails = fails[(fails['ts'] > lo) & (fails['ts'] <= hi + pd.Timedelta('1h')) & fails['device_id'].isin(pred.index.get_level_values('device_id'))]
+    seen = fails['device_id'].isin(pred.index.get_level_values('device_id'))
+    fails = fails[(fails['ts'] > lo) & (fails['ts'] <= hi + pd.Timedelta('1h')) & seen]
     leads = []
     for _, f in fails.iterrows():
         a = p.xs(f['device_id'], level='device_id')
@@ -70,22 +75,30 @@ def confusion_table(y, alert) -> pd.DataFrame:
 # %% ../../nbs/ml/01_evaluate.ipynb #c58add67
 def plot_pr(curves:pd.DataFrame, points:dict|None=None) -> Figure:
     "Precision-recall curves from `pr_table` rows (one line per model); `points` marks each model's operating point."
-    fig = Figure(figsize=(5.5, 4.2)); ax = fig.subplots()
+    fig = Figure(figsize=(5.5, 4.2))
+    ax = fig.subplots()
     for name, c in curves.groupby('model', sort=False): ax.plot(c['recall'], c['precision'], label=name)
-    for name, (r, p) in (points or {}).items(): ax.plot([r], [p], 'o', color='black'); ax.annotate(f' {name}', (r, p))
+    for name, (r, p) in (points or {}).items():
+        ax.plot([r], [p], 'o', color='black')
+        ax.annotate(f' {name}', (r, p))
     ax.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title='Precision-recall (test period)')
-    ax.legend(loc='upper right'); ax.grid(alpha=0.3); fig.tight_layout()
+    ax.legend(loc='upper right')
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
     return fig
 
 def plot_confusion(y, alert, title:str='Confusion matrix (test period)') -> Figure:
     "Counts of actual vs predicted, as an annotated heat map."
     cm = confusion_matrix(np.asarray(y).astype(int), np.asarray(alert).astype(int), labels=[0, 1])
-    fig = Figure(figsize=(4.2, 3.6)); ax = fig.subplots()
+    fig = Figure(figsize=(4.2, 3.6))
+    ax = fig.subplots()
     ax.imshow(cm, cmap='Blues')
-    for (i, j), v in np.ndenumerate(cm): ax.text(j, i, f"{v:,}", ha='center', va='center', color='black' if v < cm.max() / 2 else 'white')
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, f"{v:,}", ha='center', va='center', color='black' if v < cm.max() / 2 else 'white')
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=['normal', 'alert'], yticklabels=['normal', 'failure soon'],
            xlabel='predicted', ylabel='actual', title=title)
-    fig.tight_layout(); return fig
+    fig.tight_layout()
+    return fig
 
 def plot_risk_timeline(pred:pd.DataFrame,          # (device_id, ts) index, columns risk (and alert)
                        maintenance:pd.DataFrame,   # failures are drawn as red lines
@@ -93,34 +106,43 @@ def plot_risk_timeline(pred:pd.DataFrame,          # (device_id, ts) index, colu
                        threshold:float,            # the alert level, drawn dashed
                        ) -> Figure:
     "Per device: failure risk over time against the failures that happened."
-    fig = Figure(figsize=(9, 1.6 * len(devices) + 0.6)); axes = np.atleast_1d(fig.subplots(len(devices), 1, sharex=True))
+    fig = Figure(figsize=(9, 1.6 * len(devices) + 0.6))
+    axes = np.atleast_1d(fig.subplots(len(devices), 1, sharex=True))
     fails = maintenance[maintenance['event'] == 'failure']
     for ax, dev in zip(axes, devices):
         r = pred.xs(dev, level='device_id')['risk']
         step = r.index.to_series().diff().median()
-        if pd.notna(step): r = r.reindex(pd.date_range(r.index.min(), r.index.max(), freq=step))   # gaps (pump down) stay gaps
-        ax.plot(r.index, r.to_numpy(), lw=1); ax.axhline(threshold, ls='--', color='grey', lw=0.8)
+        if pd.notna(step):
+            r = r.reindex(pd.date_range(r.index.min(), r.index.max(), freq=step))   # gaps (pump down) stay gaps
+        ax.plot(r.index, r.to_numpy(), lw=1)
+        ax.axhline(threshold, ls='--', color='grey', lw=0.8)
         for t in pd.to_datetime(fails[fails['device_id'] == dev]['ts'], utc=True):
             if r.index.min() <= t <= r.index.max() + pd.Timedelta('1h'): ax.axvline(t, color='red', lw=1.5)
-        ax.set_ylim(0, 1.02); ax.set_ylabel(dev, rotation=0, ha='right', va='center', fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(dev, rotation=0, ha='right', va='center', fontsize=8)
     axes[0].set_title('Failure risk (blue), alert level (dashed) and failures (red)')
-    fig.autofmt_xdate(); fig.tight_layout(); return fig
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
 
 # %% ../../nbs/ml/01_evaluate.ipynb #4027823f
 def _runs(a:np.ndarray) -> list[tuple[int, int]]:
     "(first, last) row positions of each run of 1s in `a`."
     a = np.asarray(a).astype(bool).astype(np.int8)
-    d = np.diff(np.r_[0, a, 0]); return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1))
+    d = np.diff(np.r_[0, a, 0])
+    return list(zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1))
 
 def detection_metrics(y_true,  # 0/1 per row: inside a labelled anomaly window
                       y_pred,  # 0/1 per row: the detector's flag
                       ) -> dict:
-    "Point-wise precision, recall, F1, false-alarm and missed-alarm rates; event-wise windows detected, delays, false-alarm events."
+    "Point-wise precision, recall, F1, false and missed alarm rates; event-wise windows detected, delays, false alarms."
     idx = y_true.index if isinstance(y_true, pd.Series) else None
     t, p = np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool)
-    if len(t) != len(p): raise ValueError(f"y_true has {len(t)} rows and y_pred {len(p)}: pass one flag per row of each")
+    if len(t) != len(p):
+        raise InputError(f"y_true has {len(t)} rows and y_pred {len(p)}: pass one flag per row of each")
     tp, fp, fn = int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum())
-    prec = tp / (tp + fp) if tp + fp else 0.; rec = tp / (tp + fn) if tp + fn else 0.
+    prec = tp / (tp + fp) if tp + fp else 0.
+    rec = tp / (tp + fn) if tp + fn else 0.
     wins, alarms = _runs(t), _runs(p)
     delays, delay_t = [], []
     for a, b in wins:
@@ -154,24 +176,23 @@ def windows_to_labels(index:pd.Index, windows) -> pd.Series:
     return pd.Series(y, index=index, name='label')
 
 # %% ../../nbs/ml/01_evaluate.ipynb #6e30dc5f
-def nab_score(pred:pd.Series,             # 0/1 flags on a DatetimeIndex (one recording)
-              windows,                    # labelled windows, (start, end) pairs
-              profile:str='standard',     # 'standard', 'reward_low_FP_rate' or 'reward_low_FN_rate'
-              probation:float=0.0,        # share of the first rows not scored (NAB uses 0.15; 0 when fit rows are already left out)
-              ) -> float:
-    "NAB score of a detector's flags, normalised so no detection scores 0 and a perfect detector 100."
-    if profile not in NAB_PROFILES:
-        raise ValueError(f"profile={profile!r} is not a NAB profile; use one of {list(NAB_PROFILES)}")
-    w = NAB_PROFILES[profile]; t = pred.index; p = np.asarray(pred).astype(bool); n = len(p)
-    start = min(math.floor(probation * n), probation * 5000)
+def _window_spans(t:pd.Index, windows) -> list[tuple[int, int]]:
+    "(first, last) row position of each labelled window that holds a row of `t`, in time order."
     spans = []
     for a, b in sorted((pd.Timestamp(a), pd.Timestamp(b)) for a, b in windows):
         ix = np.flatnonzero((t >= a) & (t <= b))
         if len(ix): spans.append((ix[0], ix[-1]))
-    inside = np.full(n, -1)
+    return spans
+
+def _nab_flags(p:np.ndarray, spans:list, start:float, w:dict) -> tuple[float, list]:
+    "The false positives' (weighted) sum and, per window, the weighted score of its first flag (None: missed)."
+    inside = np.full(len(p), -1)
     for k, (a, b) in enumerate(spans): inside[a:b + 1] = k
-    max_tp = _scaled_sigmoid(-1.0); raw = 0.; hit = [None] * len(spans); prev = None
-    for i in range(n):
+    max_tp = _scaled_sigmoid(-1.0)
+    raw = 0.
+    hit = [None] * len(spans)
+    prev = None
+    for i in range(len(p)):
         k = inside[i]
         if k >= 0:
             a, b = spans[k]
@@ -180,6 +201,21 @@ def nab_score(pred:pd.Series,             # 0/1 flags on a DatetimeIndex (one re
             if i == b: prev = spans[k]
         elif p[i] and i >= start:
             raw += w['fp'] * (-1.0 if prev is None else _scaled_sigmoid(abs(prev[1] - i) / max(prev[1] - prev[0], 1)))
+    return raw, hit
+
+def nab_score(pred:pd.Series,             # 0/1 flags on a DatetimeIndex (one recording)
+              windows,                    # labelled windows, (start, end) pairs
+              profile:str='standard',     # 'standard', 'reward_low_FP_rate' or 'reward_low_FN_rate'
+              probation:float=0.0,        # share of the first rows not scored (NAB: 0.15; 0 when fit rows are left out)
+              ) -> float:
+    "NAB score of a detector's flags, normalised so no detection scores 0 and a perfect detector 100."
+    if profile not in NAB_PROFILES:
+        raise ConfigError(f"profile={profile!r} is not a NAB profile; use one of {list(NAB_PROFILES)}")
+    w = NAB_PROFILES[profile]
+    p = np.asarray(pred).astype(bool)
+    start = min(math.floor(probation * len(p)), probation * 5000)
+    spans = _window_spans(pred.index, windows)
+    raw, hit = _nab_flags(p, spans, start, w)
     scored = [k for k, (a, b) in enumerate(spans) if b >= start]
     raw += sum(hit[k] if hit[k] is not None else -w['fn'] for k in scored)
     null, perfect = -w['fn'] * len(scored), w['tp'] * len(scored)
@@ -195,7 +231,8 @@ def plot_detection(signal:pd.Series|pd.DataFrame, # the recording (one or a few 
                    title:str='Anomaly detector',
                    ) -> Figure:
     "Signal with flagged rows, score with threshold, labelled windows shaded."
-    fig = Figure(figsize=(10, 4.2)); ax1, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    fig = Figure(figsize=(10, 4.2))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
     sig = signal.to_frame() if isinstance(signal, pd.Series) else signal
     for c in sig.columns[:6]: ax1.plot(sig.index, sig[c].to_numpy(), lw=0.7, label=str(c))
     f = np.asarray(flags).astype(bool)
@@ -204,5 +241,9 @@ def plot_detection(signal:pd.Series|pd.DataFrame, # the recording (one or a few 
     if threshold is not None: ax2.axhline(threshold, ls='--', color='grey', lw=0.8)
     for a, b in windows:
         for ax in (ax1, ax2): ax.axvspan(pd.Timestamp(a), pd.Timestamp(b), color='orange', alpha=0.2, lw=0)
-    ax1.set_title(f"{title}: signal, flags (red), labelled windows (shaded)"); ax1.legend(loc='upper right', fontsize=7)
-    ax2.set_ylabel('score'); fig.autofmt_xdate(); fig.tight_layout(); return fig
+    ax1.set_title(f"{title}: signal, flags (red), labelled windows (shaded)")
+    ax1.legend(loc='upper right', fontsize=7)
+    ax2.set_ylabel('score')
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig

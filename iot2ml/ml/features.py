@@ -16,14 +16,15 @@ __all__ = ['STATS', 'CALENDAR', 'interval_table', 'physics_features', 'rolling_f
 STATS = ('mean', 'std', 'min', 'max')
 
 def interval_table(agg:pd.DataFrame,        # long aggregates: device_id, ts, sensor, mean, std, min, max, count
-                   expected:float,          # readings per sensor an interval should hold (e.g. 60 for 1-minute data, hourly)
+                   expected:float,          # readings per sensor an interval should hold (60: minutely data, hourly)
                    min_coverage:float=0.5,  # share of `expected` below which the interval is missing for that sensor
                    ) -> pd.DataFrame:
     "One row per (device_id, ts), columns `<sensor>_<stat>` and `<sensor>_coverage`."
     a = agg.copy()
     a['coverage'] = (a['count'] / expected).clip(upper=1.0)
     a.loc[a['coverage'] < min_coverage, list(STATS)] = np.nan
-    w = a.pivot_table(index=['device_id', 'ts'], columns='sensor', values=[*STATS, 'coverage'], aggfunc='first', dropna=False)
+    w = a.pivot_table(index=['device_id', 'ts'], columns='sensor', values=[*STATS, 'coverage'], aggfunc='first',
+                      dropna=False)
     w.columns = [f"{s}_{st}" for st, s in w.columns]
     sensors = sorted(agg['sensor'].unique())
     w = w[[f"{s}_{st}" for s in sensors for st in (*STATS, 'coverage')]]
@@ -59,15 +60,18 @@ def physics_features(t:pd.DataFrame) -> pd.DataFrame:
 
 # %% ../../nbs/ml/00_features.ipynb #1cee92f0
 def _window_sums(x:pd.DataFrame, dev_codes:np.ndarray, w:int, kernels:dict) -> dict:
-    """Per row, weighted sums over its device's last `w` rows for each kernel name -> weights (newest first), of the values
-    (`name`), of the valid mask (`name_n`), of squares (`name_sq`, only for 'sum'). A FIR filter: the result of a row
-    is computed from those `w` rows alone, so it is the same number whatever came before."""
+    """Per row, weighted sums over its device's last `w` rows for each kernel name -> weights (newest first), of the
+    values (`name`), of the valid mask (`name_n`), of squares (`name_sq`, only for 'sum'). A FIR filter: the result of
+    a row is computed from those `w` rows alone, so it is the same number whatever came before."""
     from scipy.signal import lfilter
-    v = x.to_numpy(dtype='float64'); m = ~np.isnan(v); n = len(v)
+    v = x.to_numpy(dtype='float64')
+    m = ~np.isnan(v)
+    n = len(v)
     ndev = int(dev_codes.max()) + 1 if n else 0
     pos = np.arange(n) + dev_codes * (w - 1)               # w-1 empty rows between devices: no leak across them
     shape = (n + ndev * (w - 1), v.shape[1])
-    val, msk = np.zeros(shape), np.zeros(shape); val[pos], msk[pos] = np.where(m, v, 0.0), m
+    val, msk = np.zeros(shape), np.zeros(shape)
+    val[pos], msk[pos] = np.where(m, v, 0.0), m
     out = {}
     for name, b in kernels.items():
         out[name], out[name + '_n'] = lfilter(b, [1.0], val, axis=0)[pos], lfilter(b, [1.0], msk, axis=0)[pos]
@@ -79,27 +83,34 @@ def rolling_features(t:pd.DataFrame,        # one row per (device_id, ts), regul
                      windows:list[int],     # window lengths in rows (intervals)
                      lags:list[int]=(),     # lags and deltas, in rows
                      ) -> pd.DataFrame:
-    "Trailing rolling mean, std, min, max, slope, EWMA per window, the gap to the longest window's mean, lags and deltas, per device."
+    "Per device: trailing mean, std, min, max, slope, EWMA per window, gap to the longest window's mean, lags, deltas."
     t = t[columns] if t.index.is_monotonic_increasing else t[columns].sort_index()
-    dev = t.index.get_level_values('device_id'); codes = pd.factorize(dev)[0]
+    dev = t.index.get_level_values('device_id')
+    codes = pd.factorize(dev)[0]
     g = t.groupby(level='device_id', sort=False)
     F = lambda a: pd.DataFrame(a, index=t.index, columns=columns)
     out = {}
     for w in windows:
         mp, k = max(1, w // 2), np.arange(w, dtype='float64')
         S = _window_sums(t, codes, w, {'sum': np.ones(w), 'age': k, 'age2': k * k, 'ewm': 0.5 ** (4 * k / w)})
-        n = S['sum_n']; ok = n >= mp
-        mean = np.where(ok, S['sum'] / np.maximum(n, 1), np.nan); out[('mean', w)] = F(mean)
+        n = S['sum_n']
+        ok = n >= mp
+        mean = np.where(ok, S['sum'] / np.maximum(n, 1), np.nan)
+        out[('mean', w)] = F(mean)
         var = (S['sum_sq'] - S['sum'] ** 2 / np.maximum(n, 1)) / np.where(n > 1, n - 1, np.nan)
         out[('std', w)] = F(np.where(ok, np.sqrt(np.clip(var, 0, None)), np.nan))
-        for how in ('min', 'max'): out[(how, w)] = getattr(g.rolling(w, min_periods=mp), how)().droplevel(0).reindex(t.index)
+        for how in ('min', 'max'):
+            out[(how, w)] = getattr(g.rolling(w, min_periods=mp), how)().droplevel(0).reindex(t.index)
         sk, skk, skx = S['age_n'], S['age2_n'], S['age']          # sums of age, age^2 over valid rows, and of age * x
         den = n * skk - sk ** 2
-        out[('slope', w)] = F(np.where(ok & (n >= 2) & (den > 1e-9), -(n * skx - sk * S['sum']) / np.where(den > 1e-9, den, 1), np.nan))
+        out[('slope', w)] = F(np.where(ok & (n >= 2) & (den > 1e-9),
+                                       -(n * skx - sk * S['sum']) / np.where(den > 1e-9, den, 1), np.nan))
         out[('ewm', w)] = F(np.where(ok, S['ewm'] / np.where(S['ewm_n'] > 0, S['ewm_n'], np.nan), np.nan))
     out[('gap', max(windows))] = t - out[('mean', max(windows))]
     for l in lags:
-        lag = g.shift(l); out[('lag', l)] = lag; out[('delta', l)] = t - lag
+        lag = g.shift(l)
+        out[('lag', l)] = lag
+        out[('delta', l)] = t - lag
     cols = {f"{c}__{how}_{w}": f[c] for (how, w), f in out.items() for c in columns}
     return pd.DataFrame(cols, index=t.index)[[f"{c}__{how}_{w}" for c in columns for (how, w) in out]]
 
@@ -114,22 +125,27 @@ def failure_labels(index:pd.MultiIndex,        # (device_id, ts) of the model ta
     df['ts'] = pd.to_datetime(df['ts'], utc=True)
     df['_i'] = np.arange(len(df))
     m = maintenance.assign(ts=pd.to_datetime(maintenance['ts'], utc=True))
-    fails = m[m['event'] == 'failure'][['device_id', 'ts']].rename(columns={'ts': 'next_failure'}).sort_values('next_failure')
-    nxt = pd.merge_asof(df.sort_values('ts'), fails, left_on='ts', right_on='next_failure', by='device_id', direction='forward')
+    fails = m[m['event'] == 'failure'][['device_id', 'ts']].rename(columns={'ts': 'next_failure'})
+    fails = fails.sort_values('next_failure')
+    nxt = pd.merge_asof(df.sort_values('ts'), fails, left_on='ts', right_on='next_failure', by='device_id',
+                        direction='forward')
     # a failure counts only if it comes after the row: an interval starting at the failure instant is already down
     nxt = nxt.sort_values('_i')
     htf = (nxt['next_failure'] - nxt['ts']).dt.total_seconds().to_numpy() / 3600
-    last = m[m['event'].isin(['failure', 'repair'])].sort_values('ts')[['device_id', 'ts', 'event']].rename(columns={'ts': 'ev_ts', 'event': 'last_event'})
-    prev = pd.merge_asof(df.sort_values('ts'), last, left_on='ts', right_on='ev_ts', by='device_id', direction='backward').sort_values('_i')
+    last = m[m['event'].isin(['failure', 'repair'])].sort_values('ts')[['device_id', 'ts', 'event']]
+    last = last.rename(columns={'ts': 'ev_ts', 'event': 'last_event'})
+    prev = pd.merge_asof(df.sort_values('ts'), last, left_on='ts', right_on='ev_ts', by='device_id',
+                         direction='backward').sort_values('_i')
     out = pd.DataFrame({'label': ((htf > 0) & (htf <= horizon.total_seconds() / 3600)).astype('int8'),
                         'hours_to_failure': htf, 'down': (prev['last_event'] == 'failure').to_numpy()}, index=index)
     return out
 
 # %% ../../nbs/ml/00_features.ipynb #ecaf38fa
 def relative_to_normal(t:pd.DataFrame, columns:list[str], long:int=168, min_periods:int=24) -> pd.DataFrame:
-    "Each column divided by its device's trailing median over `long` intervals (excluding the current one), suffixed `__rel`."
+    "Each column over its device's trailing median of `long` intervals (the current one left out), suffixed `__rel`."
     g = t[columns].groupby(level='device_id', sort=False)
-    ref = g.rolling(long, min_periods=min(min_periods, long)).median().droplevel(0).groupby(level='device_id', sort=False).shift(1).loc[t.index]
+    med = g.rolling(long, min_periods=min(min_periods, long)).median().droplevel(0)
+    ref = med.groupby(level='device_id', sort=False).shift(1).loc[t.index]
     return (t[columns] / ref.where(ref.abs() > 1e-9)).add_suffix('__rel')
 
 # %% ../../nbs/ml/00_features.ipynb #ebc1cbe3
@@ -142,7 +158,8 @@ def pressure_flow_residual(t:pd.DataFrame, long:int=168, min_periods:int=24) -> 
     d['hq'], d['qq'] = d['h'] * d['q'], d['q'] ** 2
     codes = pd.factorize(d.index.get_level_values('device_id'))[0]
     S = _window_sums(d, codes, long, {'sum': np.ones(long)})
-    m = pd.DataFrame(np.where(S['sum_n'] >= min(min_periods, long), S['sum'] / np.maximum(S['sum_n'], 1), np.nan), index=d.index, columns=d.columns)
+    m = pd.DataFrame(np.where(S['sum_n'] >= min(min_periods, long), S['sum'] / np.maximum(S['sum_n'], 1), np.nan),
+                     index=d.index, columns=d.columns)
     m = m.groupby(level='device_id', sort=False).shift(1)
     var = m['qq'] - m['q'] ** 2
     beta = (m['hq'] - m['h'] * m['q']) / var.where(var > 1e-9 * m['qq'].abs().clip(lower=1e-12))
@@ -172,7 +189,8 @@ def feature_table(t:pd.DataFrame,              # from `interval_table`
     rel = pd.concat([relative_to_normal(p, base, long), pressure_flow_residual(p, long)], axis=1)
     r = rolling_features(rel, list(rel.columns), windows, lags)
     ts = p.index.get_level_values('ts')
-    cal = pd.DataFrame({'hour': ts.hour, 'day_of_week': ts.day_of_week, 'is_weekend': (ts.day_of_week >= 5).astype('int8')}, index=p.index)
+    cal = pd.DataFrame({'hour': ts.hour, 'day_of_week': ts.day_of_week,
+                        'is_weekend': (ts.day_of_week >= 5).astype('int8')}, index=p.index)
     return pd.concat([p, rel, r, cal], axis=1)
 
 def build_features(t:pd.DataFrame,               # from `interval_table`
@@ -190,19 +208,27 @@ def build_features(t:pd.DataFrame,               # from `interval_table`
 @dataclass
 class FeatureSpec:
     "Everything needed to rebuild a model's features from interval aggregates."
-    every: str = '1h'; expected: float = 60.0; min_coverage: float = 0.5
-    windows: list = field(default_factory=lambda: [6, 24, 72]); normal_window: int = 168; lags: list = field(default_factory=lambda: [1, 24])
+    every: str = '1h'
+    expected: float = 60.0
+    min_coverage: float = 0.5
+    windows: list = field(default_factory=lambda: [6, 24, 72])
+    normal_window: int = 168
+    lags: list = field(default_factory=lambda: [1, 24])
     @property
-    def history(self) -> pd.Timedelta: return pd.Timedelta(self.every) * history_needed(self.windows, self.normal_window, self.lags)
+    def history(self) -> pd.Timedelta:
+        return pd.Timedelta(self.every) * history_needed(self.windows, self.normal_window, self.lags)
     def table(self, agg:pd.DataFrame) -> pd.DataFrame:
         "The feature table (no label) of interval aggregates `agg`."
-        return feature_table(interval_table(agg, self.expected, self.min_coverage), self.windows, self.normal_window, self.lags)
+        return feature_table(interval_table(agg, self.expected, self.min_coverage), self.windows, self.normal_window,
+                             self.lags)
 
-def online_features(agg:pd.DataFrame,          # interval aggregates of a recent window (LatestState.window or Lake.aggregate)
+def online_features(agg:pd.DataFrame,          # interval aggregates of a recent window (LatestState.window, ...)
                     spec:FeatureSpec,          # how the model's training features were built
                     last:bool=True,            # only each device's newest interval
                     ) -> pd.DataFrame:
     "Feature rows computed from a live window, the same columns and numbers as the batch table."
-    if agg.empty: return pd.DataFrame(index=pd.MultiIndex.from_arrays([[], pd.DatetimeIndex([], tz='UTC')], names=['device_id', 'ts']))
+    if agg.empty:
+        return pd.DataFrame(index=pd.MultiIndex.from_arrays([[], pd.DatetimeIndex([], tz='UTC')],
+                                                            names=['device_id', 'ts']))
     f = spec.table(agg)
     return f.groupby(level='device_id', sort=False).tail(1) if last else f

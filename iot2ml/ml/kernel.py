@@ -24,7 +24,8 @@ def _nbclient_engine():
     class Engine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
-            return super().execute_managed_notebook(nb_man, kernel_name, kernel_manager_class=EncryptedKernelManager, **kwargs)
+            return super().execute_managed_notebook(nb_man, kernel_name, kernel_manager_class=EncryptedKernelManager,
+                                                    **kwargs)
     return Engine
 
 

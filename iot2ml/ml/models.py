@@ -8,6 +8,7 @@ import json, re, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import joblib, numpy as np, pandas as pd
+from ..errors import ConfigError, InputError, NotFound
 from ..plots import Figure
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.isotonic import IsotonicRegression
@@ -29,14 +30,18 @@ __all__ = ['Split', 'time_split', 'Fold', 'time_folds', 'fold_table', 'model_fea
 @dataclass
 class Split:
     "Boolean masks over a model table, and where the time axis was cut."
-    train: np.ndarray; test: np.ndarray; cutoff: pd.Timestamp; gap: pd.Timedelta
+    train: np.ndarray
+    test: np.ndarray
+    cutoff: pd.Timestamp
+    gap: pd.Timedelta
 
 def time_split(df:pd.DataFrame,            # model table indexed by (device_id, ts), with a `down` column
                test_fraction:float,        # last share of the time range held out
                gap:pd.Timedelta|str,       # at least the label horizon
                ) -> Split:
     "Train on the early time range, test on the last `test_fraction` of it, `gap` apart."
-    ts = df.index.get_level_values('ts'); gap = pd.Timedelta(gap)
+    ts = df.index.get_level_values('ts')
+    gap = pd.Timedelta(gap)
     cutoff = ts.min() + (ts.max() - ts.min()) * (1 - test_fraction)
     up = ~df['down'].to_numpy(bool) if 'down' in df else np.ones(len(df), bool)
     known = np.asarray(ts <= ts.max() - gap)   # the last `gap` of data cannot know whether a failure follows
@@ -46,7 +51,11 @@ def time_split(df:pd.DataFrame,            # model table indexed by (device_id, 
 @dataclass
 class Fold:
     "One fold of `time_folds`: boolean masks over the table, the validated time block and device group."
-    train: np.ndarray; valid: np.ndarray; start: pd.Timestamp; end: pd.Timestamp; group: int
+    train: np.ndarray
+    valid: np.ndarray
+    start: pd.Timestamp
+    end: pd.Timestamp
+    group: int
 
 def time_folds(df:pd.DataFrame,           # model table indexed by (device_id, ts)
                folds:int=4,               # consecutive validation time blocks
@@ -55,22 +64,29 @@ def time_folds(df:pd.DataFrame,           # model table indexed by (device_id, t
                valid_share:float=0.5,     # share of the time range (the last part) that is validated
                ) -> list[Fold]:
     "Expanding-window time folds with devices grouped: train on earlier time of other devices, validate later."
-    if not 0 < valid_share < 1: raise ValueError(f"valid_share must be between 0 and 1, not {valid_share}")
-    ts = df.index.get_level_values('ts'); dev = df.index.get_level_values('device_id'); gap = pd.Timedelta(gap)
+    if not 0 < valid_share < 1: raise ConfigError(f"valid_share must be between 0 and 1, not {valid_share}")
+    ts = df.index.get_level_values('ts')
+    dev = df.index.get_level_values('device_id')
+    gap = pd.Timedelta(gap)
     devs = sorted(dev.unique())
-    if len(devs) < groups: raise ValueError(f"{len(devs)} devices cannot make {groups} device groups; use fewer groups or more devices")
+    if len(devs) < groups:
+        raise ConfigError(f"{len(devs)} devices cannot make {groups} device groups; use fewer groups or more devices")
     g_of = pd.Series(np.arange(len(devs)) % groups, index=devs)[dev].to_numpy()
     t0, t1 = ts.min(), ts.max() + pd.Timedelta('1ns')
     edges = [t0 + (t1 - t0) * (1 - valid_share + valid_share * k / folds) for k in range(folds + 1)]
-    return [Fold(np.asarray(ts < edges[k] - gap) & (g_of != g), np.asarray((ts >= edges[k]) & (ts < edges[k + 1])) & (g_of == g),
+    return [Fold(np.asarray(ts < edges[k] - gap) & (g_of != g),
+                 np.asarray((ts >= edges[k]) & (ts < edges[k + 1])) & (g_of == g),
                  edges[k], edges[k + 1], g) for k in range(folds) for g in range(groups)]
 
 def fold_table(df:pd.DataFrame, folds:list[Fold]) -> pd.DataFrame:
     "One row per fold: its validation block and group, training and validation rows, positives, devices."
-    ts = df.index.get_level_values('ts'); dev = df.index.get_level_values('device_id'); y = df['label'].to_numpy()
+    ts = df.index.get_level_values('ts')
+    dev = df.index.get_level_values('device_id')
+    y = df['label'].to_numpy()
     n = max(f.group for f in folds) + 1
     return pd.DataFrame([dict(block=i // n, group=f.group, train_until=ts[f.train].max() if f.train.any() else pd.NaT,
-                              valid_from=f.start.round('s'), valid_to=f.end.round('s'), train_rows=int(f.train.sum()), train_positives=int(y[f.train].sum()),
+                              valid_from=f.start.round('s'), valid_to=f.end.round('s'),
+                              train_rows=int(f.train.sum()), train_positives=int(y[f.train].sum()),
                               valid_rows=int(f.valid.sum()), valid_positives=int(y[f.valid].sum()),
                               valid_devices=int(dev[f.valid].nunique())) for i, f in enumerate(folds)])
 
@@ -83,10 +99,17 @@ def model_features(df:pd.DataFrame,      # a `build_features` table
     "The columns the failure model reads: `feature_columns` less the calendar and the short rolling windows."
     keep = [c for c in feature_columns(df) if c not in CALENDAR
             and not ((m := _WINDOWED.search(c)) and int(m.group(2)) < min_window)]
-    if not keep: raise ValueError(f"no feature column is left with min_window={min_window}; lower it or check features.windows in params.yaml")
+    if not keep:
+        raise ConfigError(f"no feature column is left with min_window={min_window}; "
+                          "lower it or check features.windows in params.yaml")
     return keep
 
 # %% ../../nbs/ml/02_models.ipynb #e59c547d
+def _not_fitted(message:str) -> Exception:
+    "A `NotFittedError` (a StateError and a ValueError); imported here so that loading a model needs no detector code."
+    from iot2ml.ml.detect import NotFittedError
+    return NotFittedError(message)
+
 @dataclass
 class Calibrator:
     "Maps classifier scores to calibrated probabilities: 'isotonic' (centred), 'sigmoid' (Platt) or 'none'."
@@ -96,10 +119,13 @@ class Calibrator:
 
     def fit(self, score, y) -> Calibrator:
         "Fit on scores and 0/1 outcomes of rows the scoring model did not train on."
-        if self.method not in ('isotonic', 'sigmoid', 'none'): raise ValueError(f"calibration must be isotonic, sigmoid or none, not {self.method!r}")
+        if self.method not in ('isotonic', 'sigmoid', 'none'):
+            raise ConfigError(f"calibration must be isotonic, sigmoid or none, not {self.method!r}")
         score, y = np.asarray(score, float), np.asarray(y, int)
         if self.method == 'none': return self
-        if len(np.unique(y)) < 2: raise ValueError("calibration needs out-of-fold rows with and without a failure ahead; use calibration: none, fewer cv_folds or a longer history")
+        if len(np.unique(y)) < 2:
+            raise InputError("calibration needs out-of-fold rows with and without a failure ahead; use calibration: "
+                             "none, fewer cv_folds or a longer history")
         if self.method == 'sigmoid':
             lr = LogisticRegression(C=1e6).fit(_logit(score)[:, None], y)
             self.x_, self.y_ = lr.coef_.ravel(), lr.intercept_
@@ -113,17 +139,20 @@ class Calibrator:
         "Calibrated probabilities of `score`."
         score = np.asarray(score, float)
         if self.method == 'none': return score
-        if self.x_ is None: raise ValueError("the calibrator is not fitted; call fit first")
+        if self.x_ is None: raise _not_fitted("the calibrator is not fitted; call fit first")
         if self.method == 'sigmoid': return 1 / (1 + np.exp(-(self.x_[0] * _logit(score) + self.y_[0])))
         return np.interp(score, self.x_, self.y_)
 
-def _logit(p): p = np.clip(p, 1e-6, 1 - 1e-6); return np.log(p / (1 - p))
+def _logit(p):
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
 
 # %% ../../nbs/ml/02_models.ipynb #6bfbb7bc
 def failure_times(df:pd.DataFrame) -> pd.DataFrame:
     "The failures a model table knows of: device_id, ts (from `hours_to_failure`)."
     ts = df.index.get_level_values('ts')
-    f = pd.DataFrame({'device_id': df.index.get_level_values('device_id'), 'ts': ts + pd.to_timedelta(df['hours_to_failure'].to_numpy(), unit='h')})
+    f = pd.DataFrame({'device_id': df.index.get_level_values('device_id'),
+                      'ts': ts + pd.to_timedelta(df['hours_to_failure'].to_numpy(), unit='h')})
     return f.dropna().drop_duplicates().reset_index(drop=True)
 
 def cost_curve(risk,                              # a score per row of `df` (NaN: not scored)
@@ -135,17 +164,20 @@ def cost_curve(risk,                              # a score per row of `df` (NaN
     "False alarms and missed failures, counted as events, and their cost, for each alert level."
     horizon = pd.Timedelta(horizon)
     r = pd.Series(np.asarray(risk, float), index=df.index)
-    ok = r.notna().to_numpy(); r, d = r[ok], df[ok]
-    rv = r.to_numpy(); prev = r.groupby(level='device_id', sort=False).shift(1).fillna(-np.inf).to_numpy()
+    ok = r.notna().to_numpy()
+    r, d = r[ok], df[ok]
+    rv = r.to_numpy()
+    prev = r.groupby(level='device_id', sort=False).shift(1).fillna(-np.inf).to_numpy()
     th = np.unique(rv) if thresholds is None else np.asarray(thresholds, float)
-    # an episode starts at a row where prev < t <= risk; it is false when no failure follows within the horizon (label 0)
+    # an episode starts at a row where prev < t <= risk; it is false when no failure follows in the horizon (label 0)
     quiet = ~d['label'].to_numpy(bool)
     lo, hi = np.sort(np.minimum(prev, rv)[quiet]), np.sort(rv[quiet])
     false_alarms = np.searchsorted(lo, th, side='left') - np.searchsorted(hi, th, side='left')
     # a failure is caught at t when the highest risk of its pump in [failure - horizon, failure) reaches t
     peaks = []
     for dev, t in failure_times(d).itertuples(index=False):
-        a = r.xs(dev, level='device_id'); a = a[(a.index >= t - horizon) & (a.index < t)]
+        a = r.xs(dev, level='device_id')
+        a = a[(a.index >= t - horizon) & (a.index < t)]
         if len(a): peaks.append(a.max())
     missed = np.searchsorted(np.sort(peaks), th, side='left')
     return pd.DataFrame({'threshold': th, 'false_alarms': false_alarms, 'missed': missed, 'failures': len(peaks),
@@ -153,7 +185,7 @@ def cost_curve(risk,                              # a score per row of `df` (NaN
 
 def cost_threshold(curve:pd.DataFrame) -> float:
     "The lowest alert level of least cost in a `cost_curve`."
-    if curve.empty: raise ValueError("the cost curve is empty: no row was scored")
+    if curve.empty: raise InputError("the cost curve is empty: no row was scored")
     return float(curve.loc[curve['cost'] == curve['cost'].min(), 'threshold'].min())
 
 # %% ../../nbs/ml/02_models.ipynb #8d8865ee
@@ -199,16 +231,18 @@ class FailureModel:
     def cap(self) -> float: return float(self.rul_cap_hours or 3 * pd.Timedelta(self.horizon) / pd.Timedelta('1h'))
 
     def _params(self) -> dict:
-        return dict(learning_rate=0.05, max_iter=300, max_leaf_nodes=15, min_samples_leaf=40, l2_regularization=1.0, random_state=0) | self.params
+        return dict(learning_rate=0.05, max_iter=300, max_leaf_nodes=15, min_samples_leaf=40, l2_regularization=1.0,
+                    random_state=0) | self.params
 
     def _classifier(self): return HistGradientBoostingClassifier(early_stopping=False, **self._params())
     def _regressor(self): return HistGradientBoostingRegressor(early_stopping=False, **self._params())
 
     def check(self, df:pd.DataFrame) -> None:
-        "Raise a ValueError naming the feature columns `df` lacks."
+        "Raise an InputError naming the feature columns `df` lacks."
         missing = [c for c in self.features if c not in df]
-        if missing: raise ValueError(f"the table lacks {len(missing)} feature column(s) of the model: {', '.join(missing[:5])}"
-                                     f"{', ...' if len(missing) > 5 else ''}; build it with the same features code and params")
+        if missing:
+            raise InputError(f"the table lacks {len(missing)} feature column(s) of the model: {', '.join(missing[:5])}"
+                             f"{', ...' if len(missing) > 5 else ''}; build it with the same features code and params")
 
 # %% ../../nbs/ml/02_models.ipynb #e69f1ff6
 @patch
@@ -224,43 +258,65 @@ def out_of_fold(self:FailureModel, df:pd.DataFrame) -> pd.DataFrame:
     return out
 
 @patch
+def _calibrate(self:FailureModel, df:pd.DataFrame, ok:pd.Series) -> tuple[str|None, str]:
+    "Calibrate the out-of-fold scores and choose the alert level by cost: (fallback note or None, how it was chosen)."
+    # no fold trained on a failure and validated one: nothing to calibrate or count on
+    if self.oof['label'].nunique() < 2: return self._without_calibration(ok)
+    self.calibrator = Calibrator(self.calibration).fit(self.oof['score'], self.oof['label'])
+    self.oof['risk'] = self.calibrator.predict(self.oof['score'])
+    self.costs = cost_curve(self.oof['risk'], df[ok.to_numpy()], self.horizon, self.cost_false_alarm,
+                            self.cost_missed_failure)
+    if self.threshold != 'auto': return None, 'given'
+    self.threshold = cost_threshold(self.costs)
+    return None, 'least out-of-fold cost'
+
+@patch
+def _without_calibration(self:FailureModel, ok:pd.Series) -> tuple[str, str]:
+    "The fallback when no fold validates a failure: no calibration, the alert level at the per-row cost balance."
+    note = (f"no cross-validation fold both trains on and validates a failure ({int(ok.sum())} rows scored out of "
+            "fold); calibration skipped and the alert level set to the per-row cost balance; train on a longer "
+            "history or more devices")
+    warnings.warn(note)
+    self.calibrator = Calibrator('none')
+    self.costs = pd.DataFrame(columns=['threshold', 'false_alarms', 'missed', 'failures', 'cost'])
+    if self.threshold != 'auto': return note, 'given'
+    self.threshold = self.cost_false_alarm / (self.cost_false_alarm + self.cost_missed_failure)
+    return note, 'per-row cost balance (fallback)'
+
+@patch
 def fit(self:FailureModel, df:pd.DataFrame,           # training rows of a model table (no `down` rows)
         known_until:pd.Timestamp|None=None,           # failures known up to here (default: last row + horizon)
         ) -> FailureModel:
     "Cross-validate, calibrate, choose the alert level, then fit the classifier and the RUL regressor on `df`."
     self.features = self.features or model_features(df, self.min_window)
     self.check(df)
-    if df['label'].nunique() < 2: raise ValueError("the training rows hold no failure (or only failures); simulate a longer history or more pumps")
-    ts = df.index.get_level_values('ts'); X, y = df[self.features], df['label']
-    oof = self.out_of_fold(df); ok = oof['score'].notna()
-    self.oof = oof[ok].assign(risk=np.nan); note = None; chosen = 'given'
-    if self.oof['label'].nunique() < 2:   # no fold trained on a failure and validated one: nothing to calibrate or count on
-        note = (f"no cross-validation fold both trains on and validates a failure ({int(ok.sum())} rows scored out of fold); "
-                "calibration skipped and the alert level set to the per-row cost balance; train on a longer history or more devices")
-        warnings.warn(note)
-        self.calibrator, self.costs = Calibrator('none'), pd.DataFrame(columns=['threshold', 'false_alarms', 'missed', 'failures', 'cost'])
-        if self.threshold == 'auto': self.threshold, chosen = self.cost_false_alarm / (self.cost_false_alarm + self.cost_missed_failure), 'per-row cost balance (fallback)'
-    else:
-        self.calibrator = Calibrator(self.calibration).fit(self.oof['score'], self.oof['label'])
-        self.oof['risk'] = self.calibrator.predict(self.oof['score'])
-        self.costs = cost_curve(self.oof['risk'], df[ok.to_numpy()], self.horizon, self.cost_false_alarm, self.cost_missed_failure)
-        if self.threshold == 'auto': self.threshold, chosen = cost_threshold(self.costs), 'least out-of-fold cost'
+    if df['label'].nunique() < 2:
+        raise InputError("the training rows hold no failure (or only failures); "
+                         "simulate a longer history or more pumps")
+    ts = df.index.get_level_values('ts')
+    X, y = df[self.features], df['label']
+    oof = self.out_of_fold(df)
+    ok = oof['score'].notna()
+    self.oof = oof[ok].assign(risk=np.nan)
+    note, chosen = self._calibrate(df, ok)
     self.threshold = float(self.threshold)
     rul = rul_target(df, self.cap, known_until if known_until is not None else ts.max() + pd.Timedelta(self.horizon))
     k = rul.notna().to_numpy()
     with threadpool_limits(self.threads):
         self.classifier = self._classifier().fit(X, y)
         self.regressor = self._regressor().fit(X[k], rul[k])
-    self.info = dict(rows=len(df), positives=int(y.sum()), start=str(ts.min()), end=str(ts.max()), rul_rows=int(k.sum()), oof_rows=int(ok.sum()),
-                     oof_pr_auc=float(average_precision_score(self.oof['label'], self.oof['score'])) if note is None else None,
+    oof_pr_auc = float(average_precision_score(self.oof['label'], self.oof['score'])) if note is None else None
+    self.info = dict(rows=len(df), positives=int(y.sum()), start=str(ts.min()), end=str(ts.max()),
+                     rul_rows=int(k.sum()), oof_rows=int(ok.sum()), oof_pr_auc=oof_pr_auc,
                      calibration_applied=self.calibrator.method, threshold_from=chosen, fallback=note)
     return self
 
 # %% ../../nbs/ml/02_models.ipynb #c2c37fdd
 @patch
 def _ready(self:FailureModel, df:pd.DataFrame):
-    if self.classifier is None: raise ValueError("the model is not trained; call fit first")
-    self.check(df); return df[self.features]
+    if self.classifier is None: raise _not_fitted("the model is not trained; call fit first")
+    self.check(df)
+    return df[self.features]
 
 @patch
 def predict_proba(self:FailureModel, df:pd.DataFrame) -> pd.Series:
@@ -291,7 +347,8 @@ def fit_detector(self:FailureModel, df:pd.DataFrame, name:str='auto', max_rows:i
     "Fit `make_detector(name)` on the normal rows of `df` (at most `max_rows`: the newest of each device)."
     from iot2ml.ml.detect import make_detector
     self.detector_columns = detector_columns(df)
-    if not self.detector_columns: raise ValueError("the table has no `__rel` columns for the anomaly detector; build it with iot2ml.ml.features")
+    if not self.detector_columns:
+        raise InputError("the table has no `__rel` columns for the anomaly detector; build it with iot2ml.ml.features")
     normal = df[(df['label'] == 0) & ~df['down'].astype(bool)] if {'label', 'down'} <= set(df) else df
     per = max(1, max_rows // max(1, normal.index.get_level_values('device_id').nunique()))
     X = normal[self.detector_columns].groupby(level='device_id', sort=False).tail(per).sort_index()
@@ -301,16 +358,20 @@ def fit_detector(self:FailureModel, df:pd.DataFrame, name:str='auto', max_rows:i
 
 @patch
 def anomaly_score(self:FailureModel, df:pd.DataFrame) -> pd.Series:
-    "The detector's score per row of `df` (a device's rows in time order, history first): Series 'anomaly', higher is stranger."
-    if self.detector is None: raise ValueError("this model bundle has no anomaly detector; train it with the current train stage")
+    "The detector's score per row of `df` (a device's rows in time order, history first): Series 'anomaly', high = odd."
+    if self.detector is None:
+        raise _not_fitted("this model bundle has no anomaly detector; train it with the current train stage")
     missing = [c for c in self.detector_columns if c not in df]
-    if missing: raise ValueError(f"the table lacks the detector's column(s) {', '.join(missing[:5])}; build it with the same features code")
+    if missing:
+        raise InputError(f"the table lacks the detector's column(s) {', '.join(missing[:5])}; build it with the same "
+                         f"features code")
     return self.detector.anomaly_score(df[self.detector_columns]).rename('anomaly')
 
 @patch
 def anomaly_flag(self:FailureModel, df:pd.DataFrame) -> pd.Series:
     "1 where the detector flags the row: Series 'anomaly_flag'."
-    if self.detector is None: raise ValueError("this model bundle has no anomaly detector; train it with the current train stage")
+    if self.detector is None:
+        raise _not_fitted("this model bundle has no anomaly detector; train it with the current train stage")
     return self.detector.predict(df[self.detector_columns]).astype('int8').rename('anomaly_flag')
 
 # %% ../../nbs/ml/02_models.ipynb #0130d242
@@ -323,30 +384,36 @@ def importance(self:FailureModel, df:pd.DataFrame,  # the training rows `fit` wa
                by:str='signal',                      # 'signal' (columns of one base signal together) or 'feature'
                last:int=2, repeats:int=3, seed:int=0) -> pd.DataFrame:
     "Permutation importance (drop in PR-AUC) on the validation rows of the last `last` folds."
-    X, y = df[self.features], df['label'].to_numpy(); rng = np.random.default_rng(seed)
+    X, y = df[self.features], df['label'].to_numpy()
+    rng = np.random.default_rng(seed)
     keys = pd.Series(self.features).map(signal_of if by == 'signal' else str)
     rows = []
     with threadpool_limits(self.threads):
         for i, f in list(enumerate(time_folds(df, self.folds, self.horizon, self.groups)))[-last * self.groups:]:
             if len(np.unique(y[f.train])) < 2 or y[f.valid].sum() == 0: continue
-            m = self._classifier().fit(X[f.train], y[f.train]); V = X[f.valid].to_numpy(copy=True)
-            score = lambda a: average_precision_score(y[f.valid], m.predict_proba(pd.DataFrame(a, columns=X.columns))[:, 1])
+            m = self._classifier().fit(X[f.train], y[f.train])
+            V = X[f.valid].to_numpy(copy=True)
+            score = lambda a: average_precision_score(
+                y[f.valid], m.predict_proba(pd.DataFrame(a, columns=X.columns))[:, 1])
             base = score(V)    # a frame with the column names: the classifier was fitted on them
             for k, cols in keys.groupby(keys).groups.items():
                 for _ in range(repeats):
-                    W = V.copy(); W[:, cols] = W[rng.permutation(len(W))][:, cols]
+                    W = V.copy()
+                    W[:, cols] = W[rng.permutation(len(W))][:, cols]
                     rows.append(dict(fold=i, name=k, drop=base - score(W)))
-    if not rows: raise ValueError("no validation fold holds a failure; importance needs at least one")
+    if not rows: raise InputError("no validation fold holds a failure; importance needs at least one")
     out = pd.DataFrame(rows).groupby('name')['drop'].agg(['mean', 'std']).sort_values('mean', ascending=False)
     return out.rename(columns={'mean': 'pr_auc_drop', 'std': 'spread'})
 
 # %% ../../nbs/ml/02_models.ipynb #36a1851e
 def model_card(m:FailureModel) -> dict:
     "The JSON-able description of a model."
-    keep = ('features', 'threshold', 'params', 'horizon', 'folds', 'groups', 'calibration', 'cost_false_alarm', 'cost_missed_failure', 'min_window', 'info')
-    card = {k: getattr(m, k) for k in keep} | dict(rul_cap_hours=m.cap, detector=type(m.detector).__name__ if m.detector is not None else None,
-                                                   detector_columns=m.detector_columns,
-                                                   feature_spec=asdict(m.feature_spec) if m.feature_spec is not None else None)
+    keep = ('features', 'threshold', 'params', 'horizon', 'folds', 'groups', 'calibration', 'cost_false_alarm',
+            'cost_missed_failure', 'min_window', 'info')
+    detector = type(m.detector).__name__ if m.detector is not None else None
+    spec = asdict(m.feature_spec) if m.feature_spec is not None else None
+    card = {k: getattr(m, k) for k in keep} | dict(rul_cap_hours=m.cap, detector=detector,
+                                                   detector_columns=m.detector_columns, feature_spec=spec)
     if m.costs is not None and not m.costs.empty:
         at = m.costs[m.costs['threshold'] >= m.threshold].head(1)
         if len(at): card['oof_at_threshold'] = {k: float(v) for k, v in at.iloc[0].items()}
@@ -354,7 +421,8 @@ def model_card(m:FailureModel) -> dict:
 
 def save_model(m:FailureModel, folder:Path|str) -> Path:
     "Write `model.joblib` and `model.json` into `folder`."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     joblib.dump(m, folder/'model.joblib')
     (folder/'model.json').write_text(json.dumps(model_card(m), indent=1, default=str) + '\n')
     return folder
@@ -362,7 +430,7 @@ def save_model(m:FailureModel, folder:Path|str) -> Path:
 def load_model(folder:Path|str) -> FailureModel:
     "Load a model saved by `save_model`."
     f = Path(folder)/'model.joblib'
-    if not f.exists(): raise FileNotFoundError(f"no model at {f}; run the train stage (dvc repro train) first")
+    if not f.exists(): raise NotFound(f"no model at {f}; run the train stage (dvc repro train) first")
     return joblib.load(f)
 
 # %% ../../nbs/ml/02_models.ipynb #29e12f3d
@@ -374,8 +442,11 @@ class ThresholdBaseline:
     level: float|None = None
 
     def fit(self, df:pd.DataFrame) -> ThresholdBaseline:
-        if self.column not in df: raise ValueError(f"baseline column {self.column!r} is not in the table; pick one of the sensor columns, e.g. vibration_rms_mean")
-        self.level = float(df[self.column].quantile(self.quantile)); return self
+        if self.column not in df:
+            raise ConfigError(f"baseline column {self.column!r} is not in the table; pick one of the sensor columns, "
+                              "e.g. vibration_rms_mean")
+        self.level = float(df[self.column].quantile(self.quantile))
+        return self
     def predict_proba(self, df:pd.DataFrame) -> pd.Series:
         return df[self.column].fillna(df[self.column].min()).rename('risk')
     def predict(self, df:pd.DataFrame) -> pd.Series:
@@ -395,40 +466,61 @@ def reliability_table(y, risk, bins:int=10) -> pd.DataFrame:
     d = pd.DataFrame({'y': np.asarray(y, float), 'p': np.asarray(risk, float)}).dropna()
     if d.empty: return pd.DataFrame(columns=['predicted', 'observed', 'rows'])
     d['bin'] = pd.qcut(d['p'].rank(method='first'), min(bins, len(d)), labels=False)
-    return d.groupby('bin').agg(predicted=('p', 'mean'), observed=('y', 'mean'), rows=('y', 'size')).reset_index(drop=True)
+    return d.groupby('bin').agg(predicted=('p', 'mean'), observed=('y', 'mean'),
+                                rows=('y', 'size')).reset_index(drop=True)
 
 def plot_reliability(tables:dict[str, pd.DataFrame]) -> Figure:
     "Reliability diagram: one line per `reliability_table`, against the diagonal."
-    fig = Figure(figsize=(4.6, 4.2)); ax = fig.subplots()
+    fig = Figure(figsize=(4.6, 4.2))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ls='--', color='grey', lw=0.8)
     for name, t in tables.items(): ax.plot(t['predicted'], t['observed'], 'o-', label=name)
-    ax.set(xlabel='predicted risk', ylabel='observed share of failures within the horizon', xlim=(0, 1), ylim=(0, 1), title='Reliability')
-    ax.legend(loc='upper left'); ax.grid(alpha=0.3); fig.tight_layout(); return fig
+    ax.set(xlabel='predicted risk', ylabel='observed share of failures within the horizon', xlim=(0, 1), ylim=(0, 1),
+           title='Reliability')
+    ax.legend(loc='upper left')
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 def plot_cost_curve(curve:pd.DataFrame, threshold:float|None=None) -> Figure:
     "False alarms, missed failures and cost against the alert level."
-    fig = Figure(figsize=(6, 3.6)); ax = fig.subplots(); ax2 = ax.twinx()
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    ax2 = ax.twinx()
     ax.step(curve['threshold'], curve['cost'], where='post', color='black', label='cost')
     ax2.step(curve['threshold'], curve['false_alarms'], where='post', color='tab:orange', lw=0.9, label='false alarms')
     ax2.step(curve['threshold'], curve['missed'], where='post', color='tab:red', lw=0.9, label='missed failures')
     if threshold is not None: ax.axvline(threshold, ls='--', color='grey')
     ax.set(xlabel='alert level (risk)', ylabel='cost', xlim=(0, 1), title='Cost of each alert level (out of fold)')
-    ax2.set_ylabel('events'); fig.legend(loc='upper right', fontsize=8); fig.tight_layout(); return fig
+    ax2.set_ylabel('events')
+    fig.legend(loc='upper right', fontsize=8)
+    fig.tight_layout()
+    return fig
 
 def plot_rul(actual:pd.Series, predicted:pd.Series, cap:float) -> Figure:
     "Remaining useful life predicted against the truth (rows where it is known), hours."
     d = pd.DataFrame({'a': actual, 'p': predicted}).dropna()
-    fig = Figure(figsize=(4.6, 4.2)); ax = fig.subplots()
-    ax.scatter(d['a'], d['p'], s=4, alpha=0.3); ax.plot([0, cap], [0, cap], ls='--', color='grey', lw=0.8)
-    ax.set(xlabel='actual hours to failure (capped)', ylabel='predicted', xlim=(0, cap * 1.02), ylim=(0, cap * 1.02), title='Remaining useful life')
-    ax.grid(alpha=0.3); fig.tight_layout(); return fig
+    fig = Figure(figsize=(4.6, 4.2))
+    ax = fig.subplots()
+    ax.scatter(d['a'], d['p'], s=4, alpha=0.3)
+    ax.plot([0, cap], [0, cap], ls='--', color='grey', lw=0.8)
+    ax.set(xlabel='actual hours to failure (capped)', ylabel='predicted', xlim=(0, cap * 1.02), ylim=(0, cap * 1.02),
+           title='Remaining useful life')
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 def plot_folds(table:pd.DataFrame) -> Figure:
     "The folds of `fold_table` on a time axis: training span (grey) and validated block (blue) per fold."
-    fig = Figure(figsize=(7, 0.35 * len(table) + 1)); ax = fig.subplots()
+    fig = Figure(figsize=(7, 0.35 * len(table) + 1))
+    ax = fig.subplots()
     start = table['valid_from'].min() - (table['valid_to'].max() - table['valid_from'].min())
     for i, r in table.iterrows():
         ax.barh(i, r['train_until'] - start, left=start, color='lightgrey')
         ax.barh(i, r['valid_to'] - r['valid_from'], left=r['valid_from'], color='tab:blue')
     ax.set_yticks(range(len(table)), [f"block {r.block}, group {r.group}" for r in table.itertuples()], fontsize=8)
-    ax.invert_yaxis(); ax.set_title('Cross-validation: trained on (grey), validated (blue)'); fig.autofmt_xdate(); fig.tight_layout(); return fig
+    ax.invert_yaxis()
+    ax.set_title('Cross-validation: trained on (grey), validated (blue)')
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig

@@ -10,13 +10,17 @@ from pathlib import Path
 import numpy as np, pandas as pd
 
 from .. import __version__
+from ..errors import ConfigError, InputError
 from ..config import Params, PrepareParams, FeaturesParams, TrainParams, EvaluateParams, ReportParams
-from ..lake.store import Lake, write_json
+from .._io import write_json
+from ..lake.store import Lake
 from ..sim.fleet import FleetSpec, iter_batches, asset_registry, maintenance_log, fault_schedule
 from .features import interval_table, build_features, FeatureSpec
-from .models import (FailureModel, ThresholdBaseline, time_split, save_model, load_model, rul_target, per_device,
-                           reliability_table, plot_reliability, plot_rul)
-from .evaluate import point_metrics, event_metrics, pr_table, confusion_table, plot_pr, plot_confusion, plot_risk_timeline
+from .models import (
+    FailureModel, ThresholdBaseline, time_split, save_model, load_model, rul_target, per_device, reliability_table,
+    plot_reliability, plot_rul)
+from .evaluate import (
+    point_metrics, event_metrics, pr_table, confusion_table, plot_pr, plot_confusion, plot_risk_timeline)
 from .report import Section, write_report
 
 # %% auto #0
@@ -27,16 +31,22 @@ __all__ = ['STAGES', 'EXAMPLE_SPEC', 'Landing', 'simulate_to_lake', 'example_wor
 @dataclass
 class Landing:
     "What `simulate_to_lake` did."
-    readings: int; batches: int; failures: int; seconds: float
+    readings: int
+    batches: int
+    failures: int
+    seconds: float
     @property
     def readings_per_s(self) -> float: return self.readings / max(self.seconds, 1e-9)
 
 def simulate_to_lake(spec:FleetSpec, lake:Lake, progress:bool=False) -> Landing:
     "Simulate `spec`'s history into `lake`: raw, processed, published tiers and reference tables."
-    t0 = time.perf_counter(); n = b = 0
+    t0 = time.perf_counter()
+    n = b = 0
     for batch_id, table in iter_batches(spec, progress=progress):
-        n += lake.land(table, batch_id).rows; b += 1
-    lake.process(progress=progress); lake.publish_hourly(progress=progress)
+        n += lake.land(table, batch_id).rows
+        b += 1
+    lake.process(progress=progress)
+    lake.publish_hourly(progress=progress)
     log = maintenance_log(spec)
     for name, df in (('assets', asset_registry(spec)), ('maintenance', log), ('faults', fault_schedule(spec))):
         lake.write_reference(name, df, produced_by='iot2ml.sim.fleet')
@@ -46,32 +56,47 @@ def simulate_to_lake(spec:FleetSpec, lake:Lake, progress:bool=False) -> Landing:
 STAGES = ('prepare', 'features', 'train', 'evaluate', 'report')
 EXAMPLE_SPEC = FleetSpec(pumps=8, start='2025-12-25', days=21, freq='15min', seed=7, fault_rate=6)
 
-def example_workspace(upto:str='prepare', # stages before this one are run
-                      root:Path|str|None=None) -> dict[str, Path]:
-    "Paths of a small example workspace with the stages before `upto` done."
-    if upto not in STAGES: raise ValueError(f"upto must be one of {', '.join(STAGES)}, not {upto!r}")
+def _example_root() -> Path:
+    "A scratch folder named after the code and the example fleet: new code, new workspace."
     import iot2ml
     h = hashlib.sha1(f"{__version__}{EXAMPLE_SPEC}".encode())
-    for f in sorted(Path(iot2ml.__file__).parent.rglob('*.py')): h.update(f.read_bytes())   # new code, new workspace
-    key = h.hexdigest()[:10]
-    root = Path(root or Path(tempfile.gettempdir())/f'iot2ml-example-{key}')
+    for f in sorted(Path(iot2ml.__file__).parent.rglob('*.py')): h.update(f.read_bytes())
+    return Path(tempfile.gettempdir())/f'iot2ml-example-{h.hexdigest()[:10]}'
+
+def _workspace_paths(root:Path) -> dict[str, Path]:
+    "The lake, build folders and files of a workspace at `root`, laid out as the project's `dvc.yaml` has them."
+    b = root/'build'
+    return dict(root=root, lake_dir=root/'data'/'lake', reference_dir=root/'data'/'reference',
+                prepared_dir=b/'prepared', features_dir=b/'features', model_dir=b/'model',
+                metrics_file=b/'metrics'/'metrics.json', plots_dir=b/'plots', report_file=b/'report'/'report.html')
+
+def _run_stage(s:str, lake:Lake, p:dict[str, Path], prm:Params) -> None:
+    "Run stage `s` of the example workspace `p`."
+    if s == 'prepare': prepare(lake, p['prepared_dir'], prm.prepare)
+    if s == 'features': features(p['prepared_dir'], p['features_dir'], prm.features)
+    if s == 'train': train(p['features_dir'], p['model_dir'], prm.train, prm.features.horizon_hours)
+    if s == 'evaluate':
+        evaluate(p['features_dir'], p['model_dir'], p['prepared_dir'], p['metrics_file'], p['plots_dir'],
+                 prm.evaluate, prm.train.test_fraction, prm.features.horizon_hours)
+
+def example_workspace(upto:str='prepare',      # stages before this one are run
+                      root:Path|str|None=None, # where (default: a scratch folder named after the code)
+                      ) -> dict[str, Path]:
+    "Paths of a small example workspace with the stages before `upto` done."
+    if upto not in STAGES: raise ConfigError(f"upto must be one of {', '.join(STAGES)}, not {upto!r}")
+    root = Path(root or _example_root())
     root.mkdir(parents=True, exist_ok=True)
-    p = dict(root=root, lake_dir=root/'data'/'lake', reference_dir=root/'data'/'reference', prepared_dir=root/'build'/'prepared',
-             features_dir=root/'build'/'features', model_dir=root/'build'/'model', metrics_file=root/'build'/'metrics'/'metrics.json',
-             plots_dir=root/'build'/'plots', report_file=root/'build'/'report'/'report.html')
+    p = _workspace_paths(root)
     with open(root/'.lock', 'w') as lk:
         fcntl.flock(lk, fcntl.LOCK_EX)
         lake = Lake(p['lake_dir'], p['reference_dir'], fsync=False)
-        if not (root/'.landed').exists(): simulate_to_lake(EXAMPLE_SPEC, lake); (root/'.landed').touch()
-        prm = Params(); steps = STAGES[:STAGES.index(upto)]
-        done = lambda s: (root/f'.{s}').exists()
-        for s in steps:
-            if done(s): continue
-            if s == 'prepare': prepare(lake, p['prepared_dir'], prm.prepare)
-            if s == 'features': features(p['prepared_dir'], p['features_dir'], prm.features)
-            if s == 'train': train(p['features_dir'], p['model_dir'], prm.train, prm.features.horizon_hours)
-            if s == 'evaluate': evaluate(p['features_dir'], p['model_dir'], p['prepared_dir'], p['metrics_file'], p['plots_dir'],
-                                         prm.evaluate, prm.train.test_fraction, prm.features.horizon_hours)
+        if not (root/'.landed').exists():
+            simulate_to_lake(EXAMPLE_SPEC, lake)
+            (root/'.landed').touch()
+        prm = Params()
+        for s in STAGES[:STAGES.index(upto)]:
+            if (root/f'.{s}').exists(): continue
+            _run_stage(s, lake, p, prm)
             (root/f'.{s}').touch()
     return p
 
@@ -81,13 +106,16 @@ def _interval_sql(every:str) -> str:
 
 def prepare(lake:Lake, out_dir:Path|str, p:PrepareParams=PrepareParams()) -> dict:
     "Write `intervals.parquet`, `maintenance.parquet`, `assets.parquet` and `summary.json` into `out_dir`."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     agg = lake.aggregate('telemetry', every=_interval_sql(p.every), tier='processed')
-    if agg.empty: raise ValueError(f"the processed tier of {lake.root} is empty; run `iot2ml simulate` (or land data) first")
+    if agg.empty:
+        raise InputError(f"the processed tier of {lake.root} is empty; run `iot2ml simulate` (or land data) first")
     expected = float(agg['count'].quantile(0.9))
     t = interval_table(agg, expected, p.min_coverage)
     t.to_parquet(out/'intervals.parquet')
-    log = lake.reference_table('maintenance'); log.to_parquet(out/'maintenance.parquet', index=False)
+    log = lake.reference_table('maintenance')
+    log.to_parquet(out/'maintenance.parquet', index=False)
     lake.reference_table('assets').to_parquet(out/'assets.parquet', index=False)
     cov = t.filter(like='_coverage')
     summary = dict(devices=int(t.index.get_level_values('device_id').nunique()), intervals=len(t), every=p.every,
@@ -101,25 +129,29 @@ def prepare(lake:Lake, out_dir:Path|str, p:PrepareParams=PrepareParams()) -> dic
 # %% ../../nbs/ml/05_pipeline.ipynb #f49af28b
 def features(prepared_dir:Path|str, out_dir:Path|str, p:FeaturesParams=FeaturesParams()) -> pd.DataFrame:
     "Write the model table `features.parquet` into `out_dir` and return it."
-    prepared_dir, out = Path(prepared_dir), Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    prepared_dir, out = Path(prepared_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     t = pd.read_parquet(prepared_dir/'intervals.parquet')
     log = pd.read_parquet(prepared_dir/'maintenance.parquet')
     summary = json.loads((prepared_dir/'summary.json').read_text())
-    spec = FeatureSpec(every=summary['every'], expected=summary['expected_per_interval'], min_coverage=summary.get('min_coverage', 0.5),
+    spec = FeatureSpec(every=summary['every'], expected=summary['expected_per_interval'],
+                       min_coverage=summary.get('min_coverage', 0.5),
                        windows=list(p.windows), normal_window=p.normal_window, lags=list(p.lags))
     f = build_features(t, log, spec.windows, pd.Timedelta(hours=p.horizon_hours), spec.normal_window, spec.lags)
     f.to_parquet(out/'features.parquet')
-    write_json(out/'feature_spec.json', asdict(spec), fsync=False)   # travels with the model: online features are built the same way
+    # travels with the model: online features are built the same way
+    write_json(out/'feature_spec.json', asdict(spec), fsync=False)
     return f
 
 # %% ../../nbs/ml/05_pipeline.ipynb #4a1bd4de
 def train(features_dir:Path|str, model_dir:Path|str, p:TrainParams=TrainParams(), horizon_hours:int=48) -> FailureModel:
-    "Fit the failure model (classifier, calibration, alert level, RUL regressor) on the training period; save it into `model_dir`."
+    "Fit the failure model (classifier, calibration, alert level, RUL regressor) on the training period; save it."
     f = pd.read_parquet(Path(features_dir)/'features.parquet')
     split = time_split(f, p.test_fraction, pd.Timedelta(hours=horizon_hours))
     params = dict(learning_rate=p.learning_rate, max_iter=p.max_iter, max_leaf_nodes=p.max_leaf_nodes,
                   min_samples_leaf=p.min_samples_leaf, l2_regularization=p.l2_regularization, random_state=p.seed)
-    m = FailureModel(params=params, horizon=f"{horizon_hours}h", threshold=p.threshold, folds=p.cv_folds, calibration=p.calibration,
+    m = FailureModel(params=params, horizon=f"{horizon_hours}h", threshold=p.threshold, folds=p.cv_folds,
+                     calibration=p.calibration,
                      cost_false_alarm=p.cost_false_alarm, cost_missed_failure=p.cost_missed_failure)
     m.fit(f[split.train], known_until=split.cutoff)    # failures after the cut-off are the test period's: unknown here
     spec = Path(features_dir)/'feature_spec.json'
@@ -140,35 +172,50 @@ def _timeline_devices(pred:pd.DataFrame, log:pd.DataFrame, n:int) -> list[str]:
     return order[:n]
 
 # %% ../../nbs/ml/05_pipeline.ipynb #3d3043fa
-def _scores(est, test:pd.DataFrame, log:pd.DataFrame, horizon:pd.Timedelta, costs:tuple[float, float]) -> tuple[dict, pd.DataFrame]:
+def _scores(est, test:pd.DataFrame, log:pd.DataFrame, horizon:pd.Timedelta,
+            costs:tuple[float, float]) -> tuple[dict, pd.DataFrame]:
     "Point and event metrics, the cost of the events, and the predictions of one estimator on the test rows."
-    risk = est.predict_proba(test); alert = est.predict(test)
+    risk = est.predict_proba(test)
+    alert = est.predict(test)
     pred = pd.DataFrame({'risk': risk, 'alert': alert, 'label': test['label']})
     res = point_metrics(test['label'], alert, risk) | event_metrics(pred, log, horizon)
     return res | dict(cost=float(costs[0] * res['false_alarms'] + costs[1] * res['missed'])), pred
 
-def _model_extras(m:FailureModel, test:pd.DataFrame, pred:pd.DataFrame, known_until:pd.Timestamp) -> tuple[dict, np.ndarray]:
-    "Calibration (Brier score, calibrated and not) and remaining-life error on the test rows; adds rul columns to `pred`."
-    y = test['label'].to_numpy(float); raw = m.classifier.predict_proba(test[m.features])[:, 1]
-    actual = rul_target(test, m.cap, known_until); pred['rul_hours'] = m.predict_rul(test); pred['rul_actual'] = actual
-    err = (pred['rul_hours'] - actual).abs(); near = test['label'].to_numpy(bool)
-    return dict(brier=float(np.mean((pred['risk'] - y) ** 2)), brier_uncalibrated=float(np.mean((raw - y) ** 2)), calibration=m.calibrator.method,
-                rul_mae_hours=float(err.mean()), rul_mae_hours_within_horizon=float(err[near].mean()) if near.any() else None,
+def _model_extras(m:FailureModel, test:pd.DataFrame, pred:pd.DataFrame,
+                  known_until:pd.Timestamp) -> tuple[dict, np.ndarray]:
+    "Calibration (Brier score, calibrated and not) and remaining-life error on the test rows; adds rul columns to pred."
+    y = test['label'].to_numpy(float)
+    raw = m.classifier.predict_proba(test[m.features])[:, 1]
+    actual = rul_target(test, m.cap, known_until)
+    pred['rul_hours'] = m.predict_rul(test)
+    pred['rul_actual'] = actual
+    err = (pred['rul_hours'] - actual).abs()
+    near = test['label'].to_numpy(bool)
+    return dict(brier=float(np.mean((pred['risk'] - y) ** 2)), brier_uncalibrated=float(np.mean((raw - y) ** 2)),
+                calibration=m.calibrator.method,
+                rul_mae_hours=float(err.mean()),
+                rul_mae_hours_within_horizon=float(err[near].mean()) if near.any() else None,
                 rul_cap_hours=m.cap), raw
 
 # %% ../../nbs/ml/05_pipeline.ipynb #dfe13071
-def _write_plots(plots:Path, m:FailureModel, test:pd.DataFrame, preds:dict, raw:np.ndarray, log:pd.DataFrame, horizon:pd.Timedelta,
+def _write_plots(plots:Path, m:FailureModel, test:pd.DataFrame, preds:dict, raw:np.ndarray, log:pd.DataFrame,
+                 horizon:pd.Timedelta,
                  curves:pd.DataFrame, ops:dict, n_devices:int) -> None:
     "Write the evaluate stage's CSVs and figures into `plots`."
-    y = test['label']; mp = preds['model']
+    y = test['label']
+    mp = preds['model']
     curves.to_csv(plots/'pr_curve.csv', index=False)
     confusion_table(y, mp['alert']).to_csv(plots/'confusion.csv', index=False)
-    out = mp.reset_index(); out['failure_within_horizon'] = out.pop('label')
-    out.to_csv(plots/'risk_timeline.csv', index=False); out.to_parquet(plots/'predictions.parquet', index=False)
+    out = mp.reset_index()
+    out['failure_within_horizon'] = out.pop('label')
+    out.to_csv(plots/'risk_timeline.csv', index=False)
+    out.to_parquet(plots/'predictions.parquet', index=False)
     rel = {'test, calibrated': reliability_table(y, mp['risk']), 'test, uncalibrated': reliability_table(y, raw)}
-    if m.oof is not None and m.oof['risk'].notna().any(): rel['out of fold (calibration fit)'] = reliability_table(m.oof['label'], m.oof['risk'])
+    if m.oof is not None and m.oof['risk'].notna().any():
+        rel['out of fold (calibration fit)'] = reliability_table(m.oof['label'], m.oof['risk'])
     pd.concat([t.assign(curve=k) for k, t in rel.items()]).to_csv(plots/'reliability.csv', index=False)
-    dev = per_device(mp, log, horizon).join(per_device(preds['baseline'], log, horizon)[['caught', 'false_alarms']].add_prefix('baseline_'))
+    base = per_device(preds['baseline'], log, horizon)[['caught', 'false_alarms']].add_prefix('baseline_')
+    dev = per_device(mp, log, horizon).join(base)
     dev.to_csv(plots/'per_device.csv')
     figs = {'pr_curve.png': plot_pr(curves, ops), 'confusion.png': plot_confusion(y, mp['alert']),
             'risk_timeline.png': plot_risk_timeline(mp, log, _timeline_devices(mp, log, n_devices), float(m.threshold)),
@@ -176,35 +223,97 @@ def _write_plots(plots:Path, m:FailureModel, test:pd.DataFrame, preds:dict, raw:
     for name, fig in figs.items(): fig.savefig(plots/name, dpi=110, bbox_inches='tight')
 
 # %% ../../nbs/ml/05_pipeline.ipynb #22cb8a12
-def evaluate(features_dir:Path|str, model_dir:Path|str, prepared_dir:Path|str, metrics_file:Path|str, plots_dir:Path|str,
-             p:EvaluateParams=EvaluateParams(), test_fraction:float=0.35, horizon_hours:int=48) -> dict:
-    "Metrics of model and baseline on the test period; writes `metrics_file`, and plots and predictions into `plots_dir`."
+def _test_period(test:pd.DataFrame, costs:tuple[float, float]) -> dict:
+    "When the test period starts and ends, its rows and devices, and the costs the metrics used."
+    ts = test.index.get_level_values('ts')
+    return dict(start=str(ts.min()), end=str(ts.max()), rows=len(test),
+                devices=int(test.index.get_level_values('device_id').nunique()),
+                cost_false_alarm=costs[0], cost_missed_failure=costs[1])
+
+def evaluate(features_dir:Path|str, model_dir:Path|str, prepared_dir:Path|str, metrics_file:Path|str,
+             plots_dir:Path|str, p:EvaluateParams=EvaluateParams(), test_fraction:float=0.35,
+             horizon_hours:int=48) -> dict:
+    "Metrics of model and baseline on the test period; writes `metrics_file`, and plots and predictions to `plots_dir`."
     f = pd.read_parquet(Path(features_dir)/'features.parquet')
     log = pd.read_parquet(Path(prepared_dir)/'maintenance.parquet')
-    m = load_model(model_dir); horizon = pd.Timedelta(hours=horizon_hours)
+    m = load_model(model_dir)
+    horizon = pd.Timedelta(hours=horizon_hours)
     split = time_split(f, test_fraction, horizon)
     test = f[split.test]
     base = ThresholdBaseline(f"{p.baseline_sensor}_mean", p.baseline_quantile).fit(f[split.train])
     costs = (m.cost_false_alarm, m.cost_missed_failure)
     out, preds = {}, {}
-    for name, est in (('model', m), ('baseline', base)): out[name], preds[name] = _scores(est, test, log, horizon, costs)
+    for name, est in (('model', m), ('baseline', base)):
+        out[name], preds[name] = _scores(est, test, log, horizon, costs)
     extras, raw = _model_extras(m, test, preds['model'], f.index.get_level_values('ts').max())
     out['model'] |= dict(threshold=float(m.threshold)) | extras
     out['baseline'] |= dict(threshold=base.level, column=base.column)
-    out['model']['cost_vs_baseline'] = out['model']['cost'] / out['baseline']['cost'] if out['baseline']['cost'] else None
-    ts = test.index.get_level_values('ts')
-    out['test_period'] = dict(start=str(ts.min()), end=str(ts.max()), rows=len(test), devices=int(test.index.get_level_values('device_id').nunique()),
-                              cost_false_alarm=costs[0], cost_missed_failure=costs[1])
+    base_cost = out['baseline']['cost']
+    out['model']['cost_vs_baseline'] = out['model']['cost'] / base_cost if base_cost else None
+    out['test_period'] = _test_period(test, costs)
     Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_file).write_text(json.dumps(out, indent=1) + '\n')
     curves = pd.concat([pr_table(test['label'], preds[k]['risk'], k) for k in preds], ignore_index=True)
     ops = {k: (out[k]['recall'], out[k]['precision']) for k in preds}
-    plots = Path(plots_dir); plots.mkdir(parents=True, exist_ok=True)
+    plots = Path(plots_dir)
+    plots.mkdir(parents=True, exist_ok=True)
     _write_plots(plots, m, test, preds, raw, log, horizon, curves, ops, p.devices_in_timeline)
     return out
 
 # %% ../../nbs/ml/05_pipeline.ipynb #34f0dda9
-def _fmt(v) -> str: return '–' if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:.3f}" if isinstance(v, float) else f"{v:,}")
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)): return '–'
+    return f"{v:.3f}" if isinstance(v, float) else f"{v:,}"
+
+def _verdict(m:dict, b:dict, tp:dict) -> str:
+    "The headline: what the model catches, against the naive baseline, and what the alerts cost."
+    return (f"The model catches {m['caught']} of {m['failures']} failures in the test period with a mean lead time of "
+            f"{_fmt(m['mean_lead_hours'])} hours and {m['false_alarms']} false alarms; the naive baseline "
+            f"(an alert when {b['column']} reaches {b['threshold']:.3g}) catches {b['caught']} with "
+            f"{b['false_alarms']} false alarms. PR-AUC {_fmt(m['pr_auc'])} against {_fmt(b['pr_auc'])}. "
+            f"At {_fmt(tp.get('cost_false_alarm'))} per false alarm and {_fmt(tp.get('cost_missed_failure'))} per "
+            f"missed failure, the alerts cost {_fmt(m.get('cost'))} against {_fmt(b.get('cost'))}.")
+
+_ROWS = ['precision', 'recall', 'f1', 'pr_auc', 'failures', 'caught', 'missed', 'mean_lead_hours', 'false_alarms',
+         'false_alarms_per_device_month', 'cost', 'threshold', 'brier', 'rul_mae_hours']
+
+def _headline(metrics:dict) -> Section:
+    table = pd.DataFrame({k: [_fmt(metrics[k].get(r)) for r in _ROWS] for k in ('model', 'baseline')}, index=_ROWS)
+    return Section('Headline', [_verdict(metrics['model'], metrics['baseline'], metrics['test_period'])], [table])
+
+def _data(summary:dict) -> Section:
+    values = [_fmt(summary[k]) if not isinstance(summary[k], str) else summary[k] for k in summary]
+    data = pd.DataFrame({'value': values}, index=list(summary))
+    return Section('Data', ['Telemetry from the processed lake, aggregated per device and interval.'], [data])
+
+def _per_device(plots:Path) -> Section:
+    f = plots/'per_device.csv'
+    dev = pd.read_csv(f, index_col='device_id') if f.exists() else pd.DataFrame()
+    if len(dev): dev = dev[(dev['failures'] > 0) | (dev['false_alarms'] > 0) | (dev['baseline_false_alarms'] > 0)]
+    return Section('Per device', ['Devices with a failure or a false alarm in the test period (model, then baseline).'],
+                   [dev.round(2)])
+
+def _calibration(m:dict, plots:Path) -> Section:
+    risk = ("Risk is the classifier's uncalibrated score" if m.get('calibration') == 'none' else
+            f"Risk is a {m.get('calibration', '')}-calibrated probability")
+    text = (risk + ": on a reliable model the dots follow the diagonal. "
+            f"Brier score {_fmt(m.get('brier'))} (uncalibrated {_fmt(m.get('brier_uncalibrated'))}).")
+    return Section('Calibration', [text], figures=[plots/'reliability.png'])
+
+def _rul(m:dict, plots:Path) -> Section:
+    text = (f"Hours to the next failure, capped at {_fmt(m.get('rul_cap_hours'))}; mean absolute error "
+            f"{_fmt(m.get('rul_mae_hours'))} hours ({_fmt(m.get('rul_mae_hours_within_horizon'))} within the horizon).")
+    return Section('Remaining useful life', [text], figures=[plots/'rul.png'])
+
+def _model(card:dict) -> Section:
+    info = card['info']
+    text = (f"Gradient boosting on {len(card['features'])} features, trained on {info.get('start')} to "
+            f"{info.get('end')} ({info.get('rows'):,} rows, {info.get('positives'):,} positive); "
+            f"alert level {_fmt(card.get('threshold'))} chosen on out-of-fold predictions by cost.")
+    params = pd.DataFrame({'value': [str(v) for v in card['params'].values()]}, index=list(card['params']))
+    return Section('Model', [text], [params])
+
+def _figure(title:str, text:str, png:Path) -> Section: return Section(title, [text], figures=[png])
 
 def report(prepared_dir:Path|str, model_dir:Path|str, metrics_file:Path|str, plots_dir:Path|str, out_file:Path|str,
            p:ReportParams=ReportParams()) -> Path:
@@ -212,42 +321,25 @@ def report(prepared_dir:Path|str, model_dir:Path|str, metrics_file:Path|str, plo
     summary = json.loads((Path(prepared_dir)/'summary.json').read_text())
     metrics = json.loads(Path(metrics_file).read_text())
     card = json.loads((Path(model_dir)/'model.json').read_text())
-    plots = Path(plots_dir)
-    rows = ['precision', 'recall', 'f1', 'pr_auc', 'failures', 'caught', 'missed', 'mean_lead_hours', 'false_alarms',
-            'false_alarms_per_device_month', 'cost', 'threshold', 'brier', 'rul_mae_hours']
-    table = pd.DataFrame({k: [_fmt(metrics[k].get(r)) for r in rows] for k in ('model', 'baseline')}, index=rows)
-    m, b, tp = metrics['model'], metrics['baseline'], metrics['test_period']
-    verdict = (f"The model catches {m['caught']} of {m['failures']} failures in the test period with a mean lead time of "
-               f"{_fmt(m['mean_lead_hours'])} hours and {m['false_alarms']} false alarms; the naive baseline "
-               f"(an alert when {b['column']} reaches {b['threshold']:.3g}) catches {b['caught']} with {b['false_alarms']} false alarms. "
-               f"PR-AUC {_fmt(m['pr_auc'])} against {_fmt(b['pr_auc'])}. At {_fmt(tp.get('cost_false_alarm'))} per false alarm and "
-               f"{_fmt(tp.get('cost_missed_failure'))} per missed failure, the alerts cost {_fmt(m.get('cost'))} against {_fmt(b.get('cost'))}.")
-    data = pd.DataFrame({'value': [_fmt(summary[k]) if not isinstance(summary[k], str) else summary[k] for k in summary]}, index=list(summary))
-    dev = pd.read_csv(plots/'per_device.csv', index_col='device_id') if (plots/'per_device.csv').exists() else pd.DataFrame()
-    if len(dev): dev = dev[(dev['failures'] > 0) | (dev['false_alarms'] > 0) | (dev['baseline_false_alarms'] > 0)]
+    plots, m = Path(plots_dir), metrics['model']
     sections = [
-        Section('Headline', [verdict], [table]),
-        Section('Data', ['Telemetry from the processed lake, aggregated per device and interval.'], [data]),
-        Section('Precision and recall', ['Each point of a curve is an alert level; the dots are the levels in use.'], figures=[plots/'pr_curve.png']),
-        Section('Confusion matrix', ['Counted per device-interval of the test period.'], figures=[plots/'confusion.png']),
-        Section('Risk against failures', ['The devices that failed in the test period, then the riskiest others.'], figures=[plots/'risk_timeline.png']),
-        Section('Per device', ['Devices with a failure or a false alarm in the test period (model, then baseline).'], [dev.round(2)]),
-        Section('Calibration', [("Risk is the classifier's uncalibrated score" if m.get('calibration') == 'none' else
-                                 f"Risk is a {m.get('calibration', '')}-calibrated probability") + ": on a reliable model the dots follow the diagonal. "
-                                f"Brier score {_fmt(m.get('brier'))} (uncalibrated {_fmt(m.get('brier_uncalibrated'))})."], figures=[plots/'reliability.png']),
-        Section('Remaining useful life', [f"Hours to the next failure, capped at {_fmt(m.get('rul_cap_hours'))}; mean absolute error "
-                                          f"{_fmt(m.get('rul_mae_hours'))} hours ({_fmt(m.get('rul_mae_hours_within_horizon'))} within the horizon)."], figures=[plots/'rul.png']),
-        Section('Model', [f"Gradient boosting on {len(card['features'])} features, trained on {card['info'].get('start')} to "
-                          f"{card['info'].get('end')} ({card['info'].get('rows'):,} rows, {card['info'].get('positives'):,} positive); "
-                          f"alert level {_fmt(card.get('threshold'))} chosen on out-of-fold predictions by cost."],
-                [pd.DataFrame({'value': [str(v) for v in card['params'].values()]}, index=list(card['params']))])]
-    return write_report(out_file, p.title, sections, meta=f"iot2ml {__version__} · test period {metrics['test_period']['start']} to {metrics['test_period']['end']}")
+        _headline(metrics), _data(summary),
+        _figure('Precision and recall', 'Each point of a curve is an alert level; the dots are the levels in use.',
+                plots/'pr_curve.png'),
+        _figure('Confusion matrix', 'Counted per device-interval of the test period.', plots/'confusion.png'),
+        _figure('Risk against failures', 'The devices that failed in the test period, then the riskiest others.',
+                plots/'risk_timeline.png'),
+        _per_device(plots), _calibration(m, plots), _rul(m, plots), _model(card)]
+    period = metrics['test_period']
+    return write_report(out_file, p.title, sections,
+                        meta=f"iot2ml {__version__} · test period {period['start']} to {period['end']}")
 
 # %% ../../nbs/ml/05_pipeline.ipynb #ac549aa7
 def stage_paths(stage:str, **given) -> dict[str, Path]:
-    "Paths for a workflow notebook of `stage`: the given ones, else the example workspace's (outputs: `out_*` keys, in scratch)."
+    "Paths for a workflow notebook of `stage`: the given ones, else the example workspace's (outputs: `out_*` keys)."
     if all(v is not None for v in given.values()): return {k: Path(v) for k, v in given.items()}
-    ws = example_workspace(stage); scratch = Path(tempfile.mkdtemp(prefix=f'iot2ml-{stage}-'))
+    ws = example_workspace(stage)
+    scratch = Path(tempfile.mkdtemp(prefix=f'iot2ml-{stage}-'))
     def fill(k):
         if k.startswith('out'): return scratch/k
         if k not in ws: raise KeyError(f"no example path for parameter {k!r}; pass it explicitly")

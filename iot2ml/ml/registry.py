@@ -4,23 +4,21 @@
 
 # %% ../../nbs/ml/06_registry.ipynb #01670b48
 from __future__ import annotations
-import difflib, fcntl, getpass, hashlib, json, os, re, shutil, subprocess, threading, uuid
+import fcntl, getpass, hashlib, json, os, re, shutil, subprocess, threading, uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 import yaml
+from fastcore.basics import patch
+from .._io import utcnow_iso, write_atomic
 from ..errors import Iot2mlError
 
 # %% auto #0
-__all__ = ['ALIASES', 'RegistryError', 'utcnow', 'sha256_file', 'write_atomic', 'project_lineage', 'ModelRegistry', 'new_run_id']
+__all__ = ['ALIASES', 'RegistryError', 'sha256_file', 'project_lineage', 'ModelRegistry', 'new_run_id']
 
 # %% ../../nbs/ml/06_registry.ipynb #629a7bf8
 class RegistryError(Iot2mlError):
     "A model version or alias is unknown, or the registry's state forbids the action; the message says what to do."
-
-def utcnow() -> str:
-    "The current time, UTC, ISO 8601 to the second."
-    return datetime.now(timezone.utc).isoformat(timespec='seconds')
 
 def sha256_file(path:Path|str) -> str:
     "The SHA-256 of the file at `path`, in hex."
@@ -29,13 +27,9 @@ def sha256_file(path:Path|str) -> str:
         for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
     return h.hexdigest()
 
-def write_atomic(path:Path|str, text:str) -> Path:
-    "Write `text` to `path` through a temporary file and a rename: readers see the old file or the new one."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, 'w') as f: f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+def _write_json(path:Path, obj) -> Path:
+    "Write `obj` as indented JSON to `path` atomically (`iot2ml._io.write_atomic`: readers see old or new, never half)."
+    return write_atomic(path, json.dumps(obj, indent=1, default=str) + '\n')
 
 # %% ../../nbs/ml/06_registry.ipynb #ed6c4f32
 def _git(root:Path, *args) -> str|None:
@@ -58,8 +52,9 @@ def project_lineage(root:Path|str,                  # the project folder (git an
     md5 = dvc['outs'][0].get('md5') if dvc and dvc.get('outs') else None
     pf = Path(params_file) if params_file else root/'params.yaml'
     params = yaml.safe_load(pf.read_text()) if pf.exists() else None
-    return dict(git=dict(commit=commit, dirty=any(f not in (f'{data_dir}.dvc', 'dvc.lock') for f in changed), changed=changed),
-                data=dict(path=data_dir, md5=md5, dvc=dvc), params=params)
+    dirty = any(f not in (f'{data_dir}.dvc', 'dvc.lock') for f in changed)
+    return dict(git=dict(commit=commit, dirty=dirty, changed=changed), data=dict(path=data_dir, md5=md5, dvc=dvc),
+                params=params)
 
 # %% ../../nbs/ml/06_registry.ipynb #e1a0ecd7
 ALIASES = ('champion', 'challenger')
@@ -83,22 +78,31 @@ class ModelRegistry:
     def lock(self):
         "Hold the registry's exclusive lock (re-entrant within a thread); every writer takes it."
         depth = getattr(self._held, 'depth', 0)
-        if depth: self._held.depth += 1; yield; self._held.depth -= 1; return
+        if depth:
+            self._held.depth += 1
+            yield
+            self._held.depth -= 1
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root/'.lock', 'a') as f:
-            fcntl.flock(f, fcntl.LOCK_EX); self._held.depth = 1
+            fcntl.flock(f, fcntl.LOCK_EX)
+            self._held.depth = 1
             try: yield
-            finally: self._held.depth = 0; fcntl.flock(f, fcntl.LOCK_UN)
+            finally:
+                self._held.depth = 0
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 # %% ../../nbs/ml/06_registry.ipynb #fe150220
 def _num(v:str) -> int: return int(v[1:])
 
-def _versions(self:ModelRegistry) -> list[str]:
+@patch
+def versions(self:ModelRegistry) -> list[str]:
     "The versions, oldest first."
     if not self.versions_dir.exists(): return []
     vs = [p.name for p in self.versions_dir.iterdir() if re.fullmatch(r'v\d+', p.name) and (p/'card.json').exists()]
     return sorted(vs, key=_num)
 
+@patch
 def _check(self:ModelRegistry, version:str) -> str:
     "`version` (also as '3' or 3) if it exists, else a RegistryError naming the known ones."
     v = f"v{version}" if str(version).isdigit() else str(version)
@@ -108,125 +112,146 @@ def _check(self:ModelRegistry, version:str) -> str:
         raise RegistryError(f"no model version {version!r} in {self.root}; {hint}")
     return v
 
-def _path(self:ModelRegistry, version:str) -> Path:
+@patch
+def path(self:ModelRegistry, version:str) -> Path:
     "The folder of `version` (the bundle: load it with iot2ml.ml.models.load_model)."
     return self.versions_dir/self._check(version)
 
-def _card(self:ModelRegistry, version:str) -> dict:
+@patch
+def card(self:ModelRegistry, version:str) -> dict:
     "The model card of `version`."
     return json.loads((self.path(version)/'card.json').read_text())
-
-ModelRegistry.versions, ModelRegistry._check, ModelRegistry.path, ModelRegistry.card = _versions, _check, _path, _card
 
 # %% ../../nbs/ml/06_registry.ipynb #9467373e
 def _read_json(p:Path, default):
     try: return json.loads(p.read_text())
     except FileNotFoundError: return default
 
+@patch
 def _state(self:ModelRegistry) -> dict:
     "aliases.json: the aliases, a change serial for each, and the last version number given."
-    return _read_json(self.root/'aliases.json', dict(aliases={}, serial=0, champion_serial=0, last_version=0, updated=None))
+    empty = dict(aliases={}, serial=0, champion_serial=0, last_version=0, updated=None)
+    return _read_json(self.root/'aliases.json', empty)
 
 def _artifacts(folder:Path) -> list[dict]:
     return [dict(file=str(p.relative_to(folder)), sha256=sha256_file(p), bytes=p.stat().st_size)
             for p in sorted(folder.rglob('*')) if p.is_file() and p.name != 'card.json']
 
-def _register(self:ModelRegistry, bundle:Path|str, # a model bundle folder (build/model)
-              run_id:str|None=None,                 # the retrain run that produced it
-              lineage:dict|None=None,               # from `project_lineage`
-              metrics:dict|None=None,               # metrics.json of the run
-              ) -> str:
+def _new_card(v:str, tmp:Path, bundle:Path, info:dict, run_id:str|None, lineage:dict, metrics:dict|None) -> dict:
+    "The model card of version `v`, whose files are assembled in `tmp`."
+    window = dict(start=info.get('info', {}).get('start'), end=info.get('info', {}).get('end'))
+    return dict(version=v, created=utcnow_iso(), run_id=run_id, source=str(bundle.resolve()),
+                git=lineage.get('git'), data=lineage.get('data'), params=lineage.get('params'),
+                features=info.get('features', []), training_window=window,
+                metrics=dict(run=metrics, holdout=None), artifacts=_artifacts(tmp))
+
+@patch
+def register(self:ModelRegistry, bundle:Path|str, # a model bundle folder (build/model)
+             run_id:str|None=None,                 # the retrain run that produced it
+             lineage:dict|None=None,               # from `project_lineage`
+             metrics:dict|None=None,               # metrics.json of the run
+             ) -> str:
     "Copy `bundle` into the registry as the next version, with its model card; returns the version."
     bundle = Path(bundle)
     missing = [f for f in ('model.joblib', 'model.json') if not (bundle/f).exists()]
-    if missing: raise RegistryError(f"{bundle} is not a model bundle (no {', '.join(missing)}); run `dvc repro train` first")
+    if missing:
+        raise RegistryError(f"{bundle} is not a model bundle (no {', '.join(missing)}); run `dvc repro train` first")
     info = json.loads((bundle/'model.json').read_text())
-    lineage = lineage or {}
     with self.lock():
-        st = self._state(); n = max([st.get('last_version', 0), *map(_num, self.versions())]) + 1; v = f"v{n}"
+        st = self._state()
+        n = max([st.get('last_version', 0), *map(_num, self.versions())]) + 1
+        v = f"v{n}"
         tmp = self.versions_dir/f".{v}.{uuid.uuid4().hex[:8]}"
         shutil.copytree(bundle, tmp)
-        card = dict(version=v, created=utcnow(), run_id=run_id, source=str(bundle.resolve()),
-                    git=lineage.get('git'), data=lineage.get('data'), params=lineage.get('params'),
-                    features=info.get('features', []),
-                    training_window=dict(start=info.get('info', {}).get('start'), end=info.get('info', {}).get('end')),
-                    metrics=dict(run=metrics, holdout=None), artifacts=_artifacts(tmp))
-        write_atomic(tmp/'card.json', json.dumps(card, indent=1, default=str) + '\n')
+        _write_json(tmp/'card.json', _new_card(v, tmp, bundle, info, run_id, lineage or {}, metrics))
         os.replace(tmp, self.versions_dir/v)
         self._write_state(st | dict(last_version=n))
     return v
 
+@patch
 def _write_state(self:ModelRegistry, st:dict) -> None:
-    write_atomic(self.root/'aliases.json', json.dumps(st | dict(updated=utcnow()), indent=1) + '\n')
-
-ModelRegistry._state, ModelRegistry._write_state, ModelRegistry.register = _state, _write_state, _register
+    write_atomic(self.root/'aliases.json', json.dumps(st | dict(updated=utcnow_iso()), indent=1) + '\n')
 
 # %% ../../nbs/ml/06_registry.ipynb #6c37922f
-def _update_card(self:ModelRegistry, version:str, **fields) -> dict:
+@patch
+def update_card(self:ModelRegistry, version:str, **fields) -> dict:
     "Merge `fields` into the card of `version` (atomically); returns the new card."
     with self.lock():
         card = self.card(version) | fields
-        write_atomic(self.path(version)/'card.json', json.dumps(card, indent=1, default=str) + '\n')
+        _write_json(self.path(version)/'card.json', card)
     return card
 
-def _find(self:ModelRegistry, bundle:Path|str) -> str|None:
+@patch
+def find(self:ModelRegistry, bundle:Path|str) -> str|None:
     "The version whose files are byte for byte those of `bundle`, or None."
     want = {(a['file'], a['sha256']) for a in _artifacts(Path(bundle))}
     return next((v for v in reversed(self.versions())
                  if {(a['file'], a['sha256']) for a in self.card(v)['artifacts']} == want), None)
 
-ModelRegistry.update_card, ModelRegistry.find = _update_card, _find
-
 # %% ../../nbs/ml/06_registry.ipynb #4f06c544
-def _history(self:ModelRegistry) -> list[dict]:
+@patch
+def history(self:ModelRegistry) -> list[dict]:
     "Every alias change, oldest first."
     p = self.root/'history.jsonl'
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
 
-def _aliases(self:ModelRegistry) -> dict[str, str]:
+@patch
+def aliases(self:ModelRegistry) -> dict[str, str]:
     "alias -> version."
     return dict(self._state()['aliases'])
 
-def _alias(self:ModelRegistry, alias:str='champion') -> tuple[str, Path]|None:
+@patch
+def alias(self:ModelRegistry, alias:str='champion') -> tuple[str, Path]|None:
     "(version, folder) of `alias`, or None when it is not set."
     v = self.aliases().get(alias)
     return (v, self.versions_dir/v) if v else None
 
-def _champion_token(self:ModelRegistry) -> int:
+@patch
+def champion(self:ModelRegistry) -> tuple[str, Path]|None:
+    "(version, folder) of the champion, or None."
+    return self.alias('champion')
+
+@patch
+def challenger(self:ModelRegistry) -> tuple[str, Path]|None:
+    "(version, folder) of the challenger, or None."
+    return self.alias('challenger')
+
+@patch
+def champion_token(self:ModelRegistry) -> int:
     "A counter that changes whenever the champion changes (cheap to poll)."
     return int(self._state().get('champion_serial', 0))
 
-ModelRegistry.history, ModelRegistry.aliases, ModelRegistry.alias = _history, _aliases, _alias
-ModelRegistry.champion = lambda self: self.alias('champion')
-ModelRegistry.challenger = lambda self: self.alias('challenger')
-ModelRegistry.champion_token = _champion_token
-
 # %% ../../nbs/ml/06_registry.ipynb #2abe54dc
-def _set_alias(self:ModelRegistry, version:str, alias:str, action:str, reason:str, by:str|None, run_id:str|None) -> dict:
+@patch
+def _set_alias(self:ModelRegistry, version:str, alias:str, action:str, reason:str, by:str|None,
+               run_id:str|None) -> dict:
     if alias not in ALIASES: raise RegistryError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
     with self.lock():
-        v = self._check(version); st = self._state(); old = st['aliases'].get(alias)
-        entry = dict(when=utcnow(), action=action, alias=alias, **{'from': old}, to=v, why=reason or '',
+        v = self._check(version)
+        st = self._state()
+        old = st['aliases'].get(alias)
+        entry = dict(when=utcnow_iso(), action=action, alias=alias, **{'from': old}, to=v, why=reason or '',
                      by=by or getpass.getuser(), run_id=run_id)
         lines = [json.dumps(h) for h in self.history()] + [json.dumps(entry)]
         write_atomic(self.root/'history.jsonl', '\n'.join(lines) + '\n')
-        st['aliases'][alias] = v; st['serial'] = st.get('serial', 0) + 1
+        st['aliases'][alias] = v
+        st['serial'] = st.get('serial', 0) + 1
         if alias == 'champion': st['champion_serial'] = st.get('champion_serial', 0) + 1
         self._write_state(st)
     return entry
 
-def _promote(self:ModelRegistry, version:str, # e.g. 'v3' or '3'
-             alias:str='champion',             # champion or challenger
-             reason:str='',                    # why, in words; kept in the history
-             by:str|None=None,                 # the criterion that decided, or a person (default: the user name)
-             run_id:str|None=None,             # the retrain run that decided, if any
-             ) -> dict:
+@patch
+def promote(self:ModelRegistry, version:str, # e.g. 'v3' or '3'
+            alias:str='champion',             # champion or challenger
+            reason:str='',                    # why, in words; kept in the history
+            by:str|None=None,                 # the criterion that decided, or a person (default: the user name)
+            run_id:str|None=None,             # the retrain run that decided, if any
+            ) -> dict:
     "Point `alias` at `version`; returns the history entry."
     return self._set_alias(version, alias, 'promote', reason, by, run_id)
 
-ModelRegistry._set_alias, ModelRegistry.promote = _set_alias, _promote
-
 # %% ../../nbs/ml/06_registry.ipynb #68ab8e2c
+@patch
 def _champion_stack(self:ModelRegistry) -> list[str]:
     "Champions in order, rolled-back ones removed; the last is the current champion."
     stack = []
@@ -237,34 +262,39 @@ def _champion_stack(self:ModelRegistry) -> list[str]:
         elif not stack or stack[-1] != h['to']: stack.append(h['to'])
     return stack
 
-def _rollback(self:ModelRegistry, to:str|None=None, # the version to go back to (default: the previous champion)
-              reason:str='', by:str|None=None) -> dict:
+@patch
+def _previous_champion(self:ModelRegistry, cur:str) -> str:
+    "The champion before `cur`, from the history replayed as a stack."
+    stack = self._champion_stack()
+    if len(stack) < 2:
+        raise RegistryError(f"{cur} is the only champion there has been; pass --to V to choose a version")
+    return stack[-2]
+
+@patch
+def rollback(self:ModelRegistry, to:str|None=None, # the version to go back to (default: the previous champion)
+             reason:str='',                         # why, in words; kept in the history
+             by:str|None=None) -> dict:             # who decided (default: the user name)
     "Make an earlier version champion again; returns the history entry."
     with self.lock():
         cur = self.champion()
-        if cur is None: raise RegistryError("there is no champion to roll back; promote one with `iot2ml models promote V`")
-        if to is None:
-            stack = self._champion_stack()
-            if len(stack) < 2: raise RegistryError(f"{cur[0]} is the only champion there has been; pass --to V to choose a version")
-            to = stack[-2]
-        to = self._check(to)
+        if cur is None:
+            raise RegistryError("there is no champion to roll back; promote one with `iot2ml models promote V`")
+        to = self._check(self._previous_champion(cur[0]) if to is None else to)
         if to == cur[0]: raise RegistryError(f"{to} is the champion already; pass --to with another version")
         return self._set_alias(to, 'champion', 'rollback', reason or f"rollback from {cur[0]}", by, None)
-
-ModelRegistry._champion_stack, ModelRegistry.rollback = _champion_stack, _rollback
 
 # %% ../../nbs/ml/06_registry.ipynb #7f6eb9f1
 def new_run_id() -> str:
     "A run id that sorts by time: UTC start time and a random suffix."
     return datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ') + '-' + uuid.uuid4().hex[:6]
 
-def _record_run(self:ModelRegistry, run:dict) -> Path:
+@patch
+def record_run(self:ModelRegistry, run:dict) -> Path:
     "Write `run` (with a `run_id`) to runs/<run_id>/run.json."
-    return write_atomic(self.runs_dir/run['run_id']/'run.json', json.dumps(run, indent=1, default=str) + '\n')
+    return _write_json(self.runs_dir/run['run_id']/'run.json', run)
 
-def _runs(self:ModelRegistry) -> list[dict]:
+@patch
+def runs(self:ModelRegistry) -> list[dict]:
     "Every recorded run, oldest first."
     if not self.runs_dir.exists(): return []
     return [json.loads(p.read_text()) for p in sorted(self.runs_dir.glob('*/run.json'))]
-
-ModelRegistry.record_run, ModelRegistry.runs = _record_run, _runs

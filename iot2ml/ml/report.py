@@ -17,7 +17,9 @@ __all__ = ['image_uri', 'Section', 'html_report', 'write_report']
 def image_uri(img:Figure|Path|str|bytes) -> str:
     "A `data:image/png;base64,...` URI for a matplotlib figure, a PNG file or PNG bytes."
     if isinstance(img, Figure):
-        buf = io.BytesIO(); img.savefig(buf, format='png', dpi=110, bbox_inches='tight'); data = buf.getvalue()
+        buf = io.BytesIO()
+        img.savefig(buf, format='png', dpi=110, bbox_inches='tight')
+        data = buf.getvalue()
     elif isinstance(img, (str, Path)): data = Path(img).read_bytes()
     else: data = img
     return 'data:image/png;base64,' + base64.b64encode(data).decode()
@@ -33,15 +35,19 @@ class Section:
     def html(self) -> str:
         paras = [self.text] if isinstance(self.text, str) else self.text
         out = [f"<h2>{html.escape(self.title)}</h2>"] + [f"<p>{html.escape(p)}</p>" for p in paras if p]
-        out += [t.to_html(classes='tbl', border=0, float_format=lambda v: f"{v:,.3f}", na_rep='–') for t in self.tables or []]
+        out += [t.to_html(classes='tbl', border=0, float_format=lambda v: f"{v:,.3f}",
+                          na_rep='–') for t in self.tables or []]
         out += [f'<img alt="{html.escape(self.title)}" src="{image_uri(f)}">' for f in self.figures or []]
         return '<section>' + '\n'.join(out) + '</section>'
 
 # %% ../../nbs/ml/04_report.ipynb #29007528
-_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table.tbl{border-collapse:collapse;margin:.6em 0}table.tbl td,table.tbl th{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}
-table.tbl th{background:#f5f5f5}img{max-width:100%;margin:.5em 0}.meta{color:#666;font-size:.9em}"""
+_CSS = ("body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;"
+        "max-width:1000px;margin:2em auto;padding:0 1em;color:#222}\n"
+        "h1{font-size:1.6em}"
+        "h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}\n"
+        "table.tbl{border-collapse:collapse;margin:.6em 0}"
+        "table.tbl td,table.tbl th{padding:.25em .7em;border-bottom:1px solid #eee;text-align:right}\n"
+        "table.tbl th{background:#f5f5f5}img{max-width:100%;margin:.5em 0}.meta{color:#666;font-size:.9em}")
 
 def html_report(title:str, sections:list[Section], meta:str='') -> str:
     "The whole report as one HTML document with inline CSS and images."
@@ -52,6 +58,7 @@ def html_report(title:str, sections:list[Section], meta:str='') -> str:
 
 def write_report(path:Path|str, title:str, sections:list[Section], meta:str='') -> Path:
     "Write `html_report` to `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html_report(title, sections, meta), encoding='utf-8')
     return path

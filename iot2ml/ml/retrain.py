@@ -14,8 +14,9 @@ import numpy as np, pandas as pd, yaml
 from croniter import croniter
 
 from ..config import ConfigError, JobSettings, PromoteParams, SchedulerSettings, Settings, load_params
-from .registry import ModelRegistry, RegistryError, new_run_id, project_lineage, utcnow
-from ..errors import Iot2mlError
+from .._io import utcnow_iso
+from ..errors import Iot2mlError, NotFound
+from .registry import ModelRegistry, RegistryError, new_run_id, project_lineage
 
 # %% auto #0
 __all__ = ['JOB_ARGS', 'JOBS', 'holdout', 'Unscorable', 'score_model', 'score_bundle', 'Gate', 'gate', 'stage_notebooks',
@@ -29,13 +30,14 @@ def holdout(f:pd.DataFrame,       # model table indexed by (device_id, ts), with
             horizon_hours:float,  # features.horizon_hours: the last this many hours have no known label
             ) -> pd.DataFrame:
     "The recent holdout of `f`: the last `days` of rows with a known label, pumps up."
-    ts = f.index.get_level_values('ts'); end = ts.max() - pd.Timedelta(hours=horizon_hours)
+    ts = f.index.get_level_values('ts')
+    end = ts.max() - pd.Timedelta(hours=horizon_hours)
     keep = np.asarray((ts > end - pd.Timedelta(days=days)) & (ts <= end))
     if 'down' in f: keep &= ~f['down'].to_numpy(bool)
     return f[keep]
 
 # %% ../../nbs/ml/07_retrain.ipynb #ae36df0e
-class Unscorable(Exception):
+class Unscorable(Iot2mlError):
     "A model cannot be scored on the feature table (columns missing, or its bundle does not load)."
 
 def score_model(model,                        # has .features, .predict_proba(df), .predict(df)
@@ -46,7 +48,9 @@ def score_model(model,                        # has .features, .predict_proba(df
     "Point and event metrics of `model` on `table`."
     from iot2ml.ml.evaluate import event_metrics, point_metrics   # here, not at the top: the CLI starts faster
     missing = [c for c in (getattr(model, 'features', None) or []) if c not in table]
-    if missing: raise Unscorable(f"the feature table lacks {len(missing)} of the model's columns ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
+    if missing:
+        raise Unscorable(f"the feature table lacks {len(missing)} of the model's columns "
+                         f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
     risk, alert = model.predict_proba(table), model.predict(table)
     pred = pd.DataFrame({'risk': risk, 'alert': alert, 'label': table['label']})
     return point_metrics(table['label'], alert, risk) | event_metrics(pred, maintenance, horizon)
@@ -57,16 +61,20 @@ def score_bundle(folder:Path|str, table:pd.DataFrame, maintenance:pd.DataFrame, 
     try: m = load_model(folder)
     except Exception as e: raise Unscorable(f"the bundle at {folder} does not load ({type(e).__name__}: {e})") from None
     try: return score_model(m, table, maintenance, horizon)
-    except (KeyError, ValueError) as e: raise Unscorable(f"scoring the bundle at {folder} failed ({type(e).__name__}: {e})") from None
+    except (KeyError, ValueError) as e:
+        raise Unscorable(f"scoring the bundle at {folder} failed ({type(e).__name__}: {e})") from None
 
 # %% ../../nbs/ml/07_retrain.ipynb #51226250
 @dataclass
 class Gate:
     "The gate's verdict: one row per criterion (criterion, value, needed, passed) and the decision."
-    rows: list[dict]; promote: bool; reason: str
+    rows: list[dict]
+    promote: bool
+    reason: str
     def table(self) -> pd.DataFrame: return pd.DataFrame(self.rows)
     def __str__(self) -> str:
-        t = self.table(); t['passed'] = t['passed'].map({True: 'yes', False: 'NO', None: 'n/a'})
+        t = self.table()
+        t['passed'] = t['passed'].map({True: 'yes', False: 'NO', None: 'n/a'})
         return t.to_string(index=False)
 
 def _num(d:dict|None, k:str) -> float:
@@ -83,7 +91,8 @@ def gate(challenger:dict,               # the challenger's holdout metrics
     rows = [dict(criterion='holdout failures', value=int(challenger.get('failures', 0)), needed=f">= {p.min_failures}",
                  passed=bool(challenger.get('failures', 0) >= p.min_failures)),
             dict(criterion='challenger false alarms per device-month', value=round(fa, 4),
-                 needed=f"<= {p.max_false_alarms_per_device_month:g}", passed=bool(fa <= p.max_false_alarms_per_device_month))]
+                 needed=f"<= {p.max_false_alarms_per_device_month:g}",
+                 passed=bool(fa <= p.max_false_alarms_per_device_month))]
     if champion is not None:
         need = _num(champion, m) + p.min_gain
         rows.append(dict(criterion=f"challenger {m} >= champion {m} + min_gain", value=round(ch, 4),
@@ -100,14 +109,16 @@ def gate(challenger:dict,               # the challenger's holdout metrics
 def stage_notebooks(dvc_yaml:Path|str) -> dict[str, tuple[str, str]]:
     "stage -> (workflow notebook, executed notebook) from the papermill commands of `dvc_yaml`."
     stages = (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get('stages', {})
-    found = {n: re.search(r'papermill\b.*?(\S+\.ipynb)\s+(\S+\.ipynb)', st.get('cmd', ''), re.S) for n, st in stages.items()}
+    found = {n: re.search(r'papermill\b.*?(\S+\.ipynb)\s+(\S+\.ipynb)', st.get('cmd', ''),
+                          re.S) for n, st in stages.items()}
     return {n: (m[1], m[2]) for n, m in found.items() if m}
 
 _ADDED = {'injected-parameters', 'papermill-error-cell-tag'}
 
 def notebook_failure(executed:Path|str) -> dict|None:
-    "The failing cell of a notebook executed by papermill: index among the original cells, first line, exception; or None."
-    nb = json.loads(Path(executed).read_text()); k = 0
+    "The failing cell of a papermill-executed notebook: index among the original cells, first line, exception; or None."
+    nb = json.loads(Path(executed).read_text())
+    k = 0
     for c in nb['cells']:
         if _ADDED & set(c.get('metadata', {}).get('tags', [])): continue
         errs = [o for o in c.get('outputs', []) if o.get('output_type') == 'error']
@@ -124,44 +135,56 @@ def dvc_repro(root:Path|str, log_file:Path|str, echo:Callable[[str], None]=print
     "Run `dvc repro` in `root`, output to `log_file`, a line per stage to `echo`; returns (exit code, stages run)."
     env = os.environ | {'PATH': f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     stages = []
-    with open(log_file, 'w') as log, subprocess.Popen([sys.executable, '-m', 'dvc', 'repro'], cwd=root, env=env, text=True,
-                                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+    cmd = [sys.executable, '-m', 'dvc', 'repro']
+    with open(log_file, 'w') as log, subprocess.Popen(cmd, cwd=root, env=env, text=True, stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT) as proc:
         for line in proc.stdout:
             log.write(line)
-            if m := re.match(r"Running stage '([^']+)'", line): stages.append(m[1]); echo(f"  stage {m[1]} ...")
+            if m := re.match(r"Running stage '([^']+)'", line):
+                stages.append(m[1])
+                echo(f"  stage {m[1]} ...")
             elif m := re.match(r"Stage '([^']+)' didn't change", line): echo(f"  stage {m[1]}: unchanged")
-            elif m := re.match(r"Stage '([^']+)' is cached", line): echo(f"  stage {m[1]}: restored from DVC's run cache")
+            elif m := re.match(r"Stage '([^']+)' is cached", line):
+                echo(f"  stage {m[1]}: restored from DVC's run cache")
         return proc.wait(), stages
 
 def repro_failure(root:Path|str, stages:list[str], log_file:Path|str, run_dir:Path|str) -> dict:
     "What failed in a `dvc repro`: stage, notebook, cell, exception, and the executed notebook copied into `run_dir`."
     root, tail = Path(root), Path(log_file).read_text().strip().splitlines()[-12:]
-    out = dict(stage=stages[-1] if stages else None, notebook=None, executed=None, cell=None, first_line=None, exception=None,
-               log_tail=tail)
+    out = dict(stage=stages[-1] if stages else None, notebook=None, executed=None, cell=None, first_line=None,
+               exception=None, log_tail=tail)
     nbs = stage_notebooks(root/'dvc.yaml') if (root/'dvc.yaml').exists() else {}
     if out['stage'] in nbs:
-        src, exe = nbs[out['stage']]; out['notebook'] = src
+        src, exe = nbs[out['stage']]
+        out['notebook'] = src
         if (root/exe).exists():
-            kept = shutil.copy2(root/exe, Path(run_dir)/Path(exe).name); out['executed'] = str(kept)
+            kept = shutil.copy2(root/exe, Path(run_dir)/Path(exe).name)
+            out['executed'] = str(kept)
             out |= notebook_failure(kept) or {}
-    if out['cell'] is not None:
-        out['message'] = (f"stage {out['stage']} failed: {out['notebook']}, cell {out['cell']} (counting from 0) "
-                          f"`{out['first_line']}` raised {out['exception']}; the executed notebook is {out['executed']}")
-    else:
-        out['message'] = f"dvc repro failed{' in stage ' + out['stage'] if out['stage'] else ''}: {' / '.join(tail[-3:])}"
+    out['message'] = _failure_message(out, tail)
     return out
+
+def _failure_message(out:dict, tail:list[str]) -> str:
+    "One sentence on a failed `dvc repro`: the notebook cell that raised, else the log's last lines."
+    if out['cell'] is None:
+        return f"dvc repro failed{' in stage ' + out['stage'] if out['stage'] else ''}: {' / '.join(tail[-3:])}"
+    return (f"stage {out['stage']} failed: {out['notebook']}, cell {out['cell']} (counting from 0) "
+            f"`{out['first_line']}` raised {out['exception']}; the executed notebook is {out['executed']}")
 
 # %% ../../nbs/ml/07_retrain.ipynb #49e55b46
 class RetrainFailed(Iot2mlError, RuntimeError):
     "A retrain run failed; `.run` is its record. The champion did not change."
-    def __init__(self, run:dict): self.run = run; super().__init__(run['reason'])
+    def __init__(self, run:dict):
+        self.run = run
+        super().__init__(run['reason'])
 
 @contextmanager
 def _only_one(path:Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, 'a') as f:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError: raise RegistryError(f"another retrain is running (it holds {path}); wait for it to end") from None
+        except BlockingIOError:
+            raise RegistryError(f"another retrain is running (it holds {path}); wait for it to end") from None
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -169,70 +192,120 @@ def _pipeline(s:Settings, run:dict, run_dir:Path, snapshot:bool, say) -> None:
     "Steps 1 and 2: snapshot and dvc repro; raises RetrainFailed with the failing notebook and cell."
     from iot2ml.lake.store import snapshot as lake_snapshot
     root = s.path('root')
-    if snapshot: say(f"[1/5] snapshot of {s.data_dir} with DVC ..."); say(f"  data hash {lake_snapshot(root, s.data_dir.as_posix())}")
+    if snapshot:
+        say(f"[1/5] snapshot of {s.data_dir} with DVC ...")
+        say(f"  data hash {lake_snapshot(root, s.data_dir.as_posix())}")
     say("[2/5] dvc repro ...")
     rc, stages = dvc_repro(root, run_dir/'dvc.log', say)
     run['stages'] = stages
     if rc:
         run['failure'] = repro_failure(root, stages, run_dir/'dvc.log', run_dir)
-        run.update(status='failed', reason=run['failure']['message'] + f"; the champion is unchanged; full log: {run_dir/'dvc.log'}")
+        run.update(status='failed',
+                   reason=run['failure']['message'] + f"; the champion is unchanged; full log: {run_dir/'dvc.log'}")
         raise RetrainFailed(run)
 
 # %% ../../nbs/ml/07_retrain.ipynb #be26c86b
+def _after_training(h:pd.DataFrame, cards:list[dict], horizon:pd.Timedelta, say) -> pd.DataFrame:
+    "The rows of `h` after each model's training window and a horizon: none a model trained on, or whose label it saw."
+    ends = [pd.Timestamp(c['training_window']['end']) for c in cards if (c.get('training_window') or {}).get('end')]
+    if not ends: return h
+    after = max(ends) + horizon
+    n0 = len(h)
+    h = h[np.asarray(h.index.get_level_values('ts') > after)]
+    if len(h) < n0:
+        say(f"  the holdout starts after {after} (the models' training rows and their label horizon): "
+            f"{len(h):,} of {n0:,} rows")
+    return h
+
+# %% ../../nbs/ml/07_retrain.ipynb #b8e4d2f3
+def _holdout_rows(f:pd.DataFrame, prm, cards:list[dict], run:dict, say) -> pd.DataFrame:
+    "Step 4a: the holdout that neither model saw, described in `run['holdout']`."
+    h = holdout(f, prm.promote.holdout_days, prm.features.horizon_hours)
+    h = _after_training(h, cards, pd.Timedelta(hours=prm.features.horizon_hours), say)
+    if h.empty:
+        raise Unscorable(f"the holdout (last {prm.promote.holdout_days:g} days with known labels, after the models' "
+                         "training rows) is empty; raise train.test_fraction or lower promote.holdout_days in "
+                         "params.yaml, or land more data")
+    ts = h.index.get_level_values('ts')
+    run['holdout'] = dict(start=str(ts.min()), end=str(ts.max()), rows=len(h),
+                          devices=int(h.index.get_level_values('device_id').nunique()))
+    say(f"[4/5] scoring on the holdout {ts.min()} .. {ts.max()} ({len(h):,} rows)")
+    return h
+
 def _score(s:Settings, reg:ModelRegistry, version:str, prm, run:dict, say) -> tuple[dict, dict|None, str|None]:
     "Step 4: holdout metrics of the challenger and the champion (or why the champion has none)."
-    b = s.path('build_dir'); horizon = pd.Timedelta(hours=prm.features.horizon_hours)
-    f = pd.read_parquet(b/'features'/'features.parquet'); log = pd.read_parquet(b/'prepared'/'maintenance.parquet')
-    h = holdout(f, prm.promote.holdout_days, prm.features.horizon_hours)
-    # no row either model trained on (nor whose label its training rows saw: a horizon after its last one) may score it
+    b = s.path('build_dir')
+    horizon = pd.Timedelta(hours=prm.features.horizon_hours)
+    log = pd.read_parquet(b/'prepared'/'maintenance.parquet')
     champ = reg.champion()
-    ends = [pd.Timestamp(c['training_window']['end']) for c in [reg.card(version)] + ([reg.card(champ[0])] if champ else [])
-            if (c.get('training_window') or {}).get('end')]
-    if ends:
-        after = max(ends) + horizon; n0 = len(h)
-        h = h[np.asarray(h.index.get_level_values('ts') > after)]
-        if len(h) < n0: say(f"  the holdout starts after {after} (the models' training rows and their label horizon): {len(h):,} of {n0:,} rows")
-    if h.empty: raise Unscorable(f"the holdout (last {prm.promote.holdout_days:g} days with known labels, after the models' training rows) is empty; "
-                                 "raise train.test_fraction or lower promote.holdout_days in params.yaml, or land more data")
-    ts = h.index.get_level_values('ts')
-    run['holdout'] = dict(start=str(ts.min()), end=str(ts.max()), rows=len(h), devices=int(h.index.get_level_values('device_id').nunique()))
-    say(f"[4/5] scoring on the holdout {ts.min()} .. {ts.max()} ({len(h):,} rows)")
+    cards = [reg.card(version)] + ([reg.card(champ[0])] if champ else [])
+    h = _holdout_rows(pd.read_parquet(b/'features'/'features.parquet'), prm, cards, run, say)
     try: ch = score_bundle(reg.path(version), h, log, horizon)
     except Unscorable as e: raise Unscorable(f"the new model {version} cannot be scored: {e}") from None
     cm, note = None, None
     if champ and champ[0] != version:
         try: cm = score_bundle(champ[1], h, log, horizon)
         except Unscorable as e:
-            note = f"the champion {champ[0]} cannot be scored on the new feature table ({e}); the absolute criteria decide"
+            note = (f"the champion {champ[0]} cannot be scored on the new feature table ({e}); "
+                    "the absolute criteria decide")
             say(f"  {note}")
-    card = reg.card(version)
-    reg.update_card(version, metrics=card['metrics'] | dict(holdout=dict(run_id=run['run_id'], period=run['holdout'], metrics=ch,
-                                                                         champion=dict(version=champ[0] if champ else None, metrics=cm, note=note))))
+    champion = dict(version=champ[0] if champ else None, metrics=cm, note=note)
+    scores = dict(run_id=run['run_id'], period=run['holdout'], metrics=ch, champion=champion)
+    reg.update_card(version, metrics=reg.card(version)['metrics'] | dict(holdout=scores))
     return ch, cm, note
 
 # %% ../../nbs/ml/07_retrain.ipynb #6608fa13
-def _decide(reg:ModelRegistry, version:str, ch:dict, cm:dict|None, note:str|None, prm, run:dict, force:bool, dry_run:bool,
-            by:str|None, reason:str|None, say) -> None:
+def _make_champion(reg:ModelRegistry, version:str, why:str, by:str, run:dict) -> None:
+    "Promote `version` to champion and record it in `run`."
+    reg.promote(version, 'champion', why, by=by, run_id=run['run_id'])
+    run.update(status='promoted', reason=why)
+    run['versions']['champion_after'] = version
+
+def _decide(reg:ModelRegistry, version:str, ch:dict, cm:dict|None, note:str|None, prm, run:dict,
+            force:bool, dry_run:bool, by:str|None, reason:str|None, say) -> None:
     "Steps 5 and 6: gate, then promote (or not), filling `run`."
     g = gate(ch, cm, prm.promote, note)
     run['gate'] = dict(rows=g.rows, promote=g.promote, reason=g.reason, metric=prm.promote.metric)
     say("[5/5] gate:\n" + '\n'.join('  ' + l for l in str(g).splitlines()))
     if dry_run:
-        run.update(status='ok', reason=f"dry run: the gate would {'promote' if g.promote else 'refuse'} {version} ({g.reason})"); return
-    if force:
+        verdict = 'promote' if g.promote else 'refuse'
+        run.update(status='ok', reason=f"dry run: the gate would {verdict} {version} ({g.reason})")
+    elif force:
         who = by or getpass.getuser()
-        why = reason or f"forced by {who}; the gate said: {g.reason}"
-        reg.promote(version, 'champion', why, by=who, run_id=run['run_id'])
-        run.update(status='promoted', reason=why); run['versions']['champion_after'] = version; return
-    if g.promote:
+        _make_champion(reg, version, reason or f"forced by {who}; the gate said: {g.reason}", who, run)
+    elif g.promote:
         why = f"{g.reason}: " + '; '.join(f"{r['criterion']} = {r['value']} ({r['needed']})" for r in g.rows)
-        reg.promote(version, 'champion', why, by=f"gate: {prm.promote.metric}", run_id=run['run_id'])
-        run.update(status='promoted', reason=why); run['versions']['champion_after'] = version
+        _make_champion(reg, version, why, f"gate: {prm.promote.metric}", run)
     else:
         reg.promote(version, 'challenger', g.reason, by=f"gate: {prm.promote.metric}", run_id=run['run_id'])
         run.update(status='refused', reason=g.reason)
 
 # %% ../../nbs/ml/07_retrain.ipynb #807c19fe
+def _register_bundle(settings:Settings, reg:ModelRegistry, run:dict, params_file:Path, say) -> str:
+    "Step 3: the version of the bundle just built (registered now, unless the registry holds it already)."
+    bundle = settings.path('build_dir')/'model'
+    v = reg.find(bundle)
+    if v:
+        say(f"[3/5] {bundle} is {v} already")
+        return v
+    lineage = project_lineage(settings.path('root'), settings.data_dir.as_posix(), params_file)
+    metrics = json.loads((settings.path('build_dir')/'metrics'/'metrics.json').read_text())
+    v = reg.register(bundle, run['run_id'], lineage, metrics)
+    say(f"[3/5] registered {v}")
+    return v
+
+def _run_steps(settings:Settings, reg:ModelRegistry, run:dict, run_dir:Path, params_file:Path, snapshot:bool,
+               force:bool, dry_run:bool, by:str|None, reason:str|None, say) -> None:
+    "Steps 1 to 6, filling `run`; raises on failure."
+    prm = load_params(params_file)
+    _pipeline(settings, run, run_dir, snapshot, say)
+    champ = reg.champion()
+    run['versions']['champion_before'] = champ[0] if champ else None
+    v = run['versions']['challenger'] = _register_bundle(settings, reg, run, params_file, say)
+    if champ and champ[0] == v and not force:
+        run.update(status='ok', reason=f"nothing new: the model is {v}, the champion already")
+    else: _decide(reg, v, *_score(settings, reg, v, prm, run, say), prm, run, force, dry_run, by, reason, say)
+
 def retrain(settings:Settings,                 # the project's settings (root, data_dir, build_dir, registry)
             params_file:Path|str|None=None,    # params.yaml (default: root/params.yaml)
             force:bool=False,                  # promote whatever the gate says (recorded as a person's decision)
@@ -242,32 +315,23 @@ def retrain(settings:Settings,                 # the project's settings (root, d
             snapshot:bool=True,                # snapshot the lake with DVC first
             echo:Callable[[str], None]=print,  # progress lines
             ) -> dict:
-    "Snapshot, dvc repro, register, score on the holdout, gate and promote; returns the run record (raises RetrainFailed)."
-    root = settings.path('root'); reg = ModelRegistry.from_settings(settings)
-    params_file = Path(params_file) if params_file else root/'params.yaml'
-    run = dict(run_id=new_run_id(), start=utcnow(), end=None, status='running', params_file=str(params_file), force=force,
-               dry_run=dry_run, versions={}, holdout=None, gate=None, reason=None, failure=None, log=[])
-    run_dir = reg.runs_dir/run['run_id']; run_dir.mkdir(parents=True, exist_ok=True)
-    def say(msg): run['log'].append(msg); echo(msg)
+    "Snapshot, dvc repro, register, score on the holdout, gate and promote; returns the run record (or RetrainFailed)."
+    reg = ModelRegistry.from_settings(settings)
+    params_file = Path(params_file) if params_file else settings.path('root')/'params.yaml'
+    run = dict(run_id=new_run_id(), start=utcnow_iso(), end=None, status='running', params_file=str(params_file),
+               force=force, dry_run=dry_run, versions={}, holdout=None, gate=None, reason=None, failure=None, log=[])
+    run_dir = reg.runs_dir/run['run_id']
+    run_dir.mkdir(parents=True, exist_ok=True)
+    def say(msg):
+        run['log'].append(msg)
+        echo(msg)
     with _only_one(reg.root/'retrain.lock'):
-        try:
-            prm = load_params(params_file)
-            _pipeline(settings, run, run_dir, snapshot, say)
-            champ = reg.champion(); run['versions']['champion_before'] = champ[0] if champ else None
-            bundle = settings.path('build_dir')/'model'; v = reg.find(bundle)
-            if v: say(f"[3/5] {bundle} is {v} already")
-            else:
-                v = reg.register(bundle, run['run_id'], project_lineage(root, settings.data_dir.as_posix(), params_file),
-                                 json.loads((settings.path('build_dir')/'metrics'/'metrics.json').read_text()))
-                say(f"[3/5] registered {v}")
-            run['versions']['challenger'] = v
-            if champ and champ[0] == v and not force:
-                run.update(status='ok', reason=f"nothing new: the model is {v}, the champion already")
-            else: _decide(reg, v, *_score(settings, reg, v, prm, run, say), prm, run, force, dry_run, by, reason, say)
+        try: _run_steps(settings, reg, run, run_dir, params_file, snapshot, force, dry_run, by, reason, say)
         except RetrainFailed: pass
         except Exception as e: run.update(status='failed', reason=f"{type(e).__name__}: {e}; the champion is unchanged")
         finally:
-            run['end'] = utcnow(); run['versions'].setdefault('champion_after', run['versions'].get('champion_before'))
+            run['end'] = utcnow_iso()
+            run['versions'].setdefault('champion_after', run['versions'].get('champion_before'))
             reg.record_run(run)
     if run['status'] == 'failed': raise RetrainFailed(run)
     say(f"{run['status']}: {run['reason']}")
@@ -284,7 +348,8 @@ def psi(expected,            # the training sample of one feature
     e, a = e[np.isfinite(e)], a[np.isfinite(a)]
     if not len(e) or not len(a): return float('nan')
     edges = np.unique(np.quantile(e, np.linspace(0, 1, bins + 1)[1:-1]))
-    share = lambda x: np.maximum(np.bincount(np.searchsorted(edges, x, side='right'), minlength=len(edges) + 1) / len(x), eps)
+    share = lambda x: np.maximum(np.bincount(np.searchsorted(edges, x, side='right'),
+                                             minlength=len(edges) + 1) / len(x), eps)
     pe, pa = share(e), share(a)
     return float(np.sum((pa - pe) * np.log(pa / pe)))
 
@@ -292,11 +357,15 @@ def psi(expected,            # the training sample of one feature
 @dataclass
 class DriftReport:
     "Per-feature drift (psi, ks, p_value, drifted) and the decision."
-    table: pd.DataFrame; share: float; drifted: bool; settings: SchedulerSettings
+    table: pd.DataFrame
+    share: float
+    drifted: bool
+    settings: SchedulerSettings
     def __str__(self) -> str:
         top = self.table.sort_values('psi', ascending=False).head(10)
         verdict = 'DRIFTED' if self.drifted else 'stable'
-        return (f"{verdict}: {int(self.table['drifted'].sum())} of {len(self.table)} features drifted ({self.share:.0%}; "
+        return (f"{verdict}: {int(self.table['drifted'].sum())} of {len(self.table)} features drifted "
+                f"({self.share:.0%}; "
                 f"retrain at {self.settings.drift_share:.0%})\n" + top.to_string(float_format=lambda x: f"{x:.4g}"))
 
 _NOT_FEATURES = {'label', 'hours_to_failure', 'down'}
@@ -312,11 +381,13 @@ def drift_report(train:pd.DataFrame,      # feature rows of the training window
                         and pd.api.types.is_numeric_dtype(train[c]) and not pd.api.types.is_bool_dtype(train[c])]
     absent = [c for c in cols if c not in live.columns]
     if len(absent) == len(cols) or len(absent) > len(cols) / 2:
-        raise RegistryError(f"the live table lacks {len(absent)} of the {len(cols)} feature columns (e.g. {', '.join(absent[:3])}); "
+        raise RegistryError(f"the live table lacks {len(absent)} of the {len(cols)} feature columns (e.g. "
+                            f"{', '.join(absent[:3])}); "
                             "build it with iot2ml.ml.features (the same code and params as the model)")
     rows = []
     for c in cols:
-        e = train[c].to_numpy(float); a = live[c].to_numpy(float) if c in live else np.array([])
+        e = train[c].to_numpy(float)
+        a = live[c].to_numpy(float) if c in live else np.array([])
         e, a = e[np.isfinite(e)], a[np.isfinite(a)]
         ks, pv = ks_2samp(e, a) if len(e) and len(a) else (float('nan'), float('nan'))
         rows.append(dict(feature=c, psi=psi(e, a), ks=float(ks), p_value=float(pv), live_rows=len(a)))
@@ -330,11 +401,15 @@ def drift_report(train:pd.DataFrame,      # feature rows of the training window
 # %% ../../nbs/ml/07_retrain.ipynb #c397675e
 def _load_table(path:Path|str) -> pd.DataFrame:
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"live features file {path} does not exist; pass a Parquet or CSV feature table")
+    if not path.exists():
+        raise NotFound(f"live features file {path} does not exist; pass a Parquet or CSV feature table")
     try: df = pd.read_parquet(path) if path.suffix.lower() in ('.parquet', '.pq') else pd.read_csv(path)
-    except Exception as e: raise RegistryError(f"--live {path} is not a Parquet or CSV feature table ({type(e).__name__}: {str(e)[:120]})") from None
+    except Exception as e:
+        why = f"{type(e).__name__}: {str(e)[:120]}"
+        raise RegistryError(f"--live {path} is not a Parquet or CSV feature table ({why})") from None
     if 'ts' in df.columns:
-        df['ts'] = pd.to_datetime(df['ts'], utc=True); df = df.set_index([c for c in ('device_id', 'ts') if c in df.columns])
+        df['ts'] = pd.to_datetime(df['ts'], utc=True)
+        df = df.set_index([c for c in ('device_id', 'ts') if c in df.columns])
     return df
 
 def scheduler_settings(s:Settings) -> SchedulerSettings:
@@ -348,20 +423,26 @@ def live_features(s:Settings, spec, window:str|pd.Timedelta) -> pd.DataFrame:
     end = lake.sql("SELECT max(ts) AS t FROM raw.telemetry")['t'].iloc[0]
     if pd.isna(end): raise RegistryError("the lake holds no telemetry to compare with the training window")
     start = pd.Timestamp(end) - pd.Timedelta(window) - spec.history
-    agg = lake.aggregate('telemetry', every=f"{int(pd.Timedelta(spec.every).total_seconds())} seconds", start=start, tier='raw')
+    agg = lake.aggregate('telemetry', every=f"{int(pd.Timedelta(spec.every).total_seconds())} seconds", start=start,
+                         tier='raw')
     f = spec.table(agg)
     return f[np.asarray(f.index.get_level_values('ts') > pd.Timestamp(end) - pd.Timedelta(window))]
 
 def champion_drift(s:Settings, live:pd.DataFrame|Path|str|None=None) -> DriftReport:
     "Drift of the live features (default: the lake's newest `drift_window`) against the champion's training window."
     from iot2ml.ml.models import load_model
-    reg = ModelRegistry.from_settings(s); champ = reg.champion()
+    reg = ModelRegistry.from_settings(s)
+    champ = reg.champion()
     if champ is None: raise RegistryError("there is no champion to compare with; run `iot2ml retrain` first")
     fp = s.path('build_dir')/'features'/'features.parquet'
-    if not fp.exists(): raise RegistryError(f"no feature table at {fp} to take the champion's training window from; run `dvc repro features` or `iot2ml retrain`")
-    card = reg.card(champ[0]); f = pd.read_parquet(fp)
+    if not fp.exists():
+        raise RegistryError(f"no feature table at {fp} to take the champion's training window from; run `dvc repro "
+                            f"features` or `iot2ml retrain`")
+    card = reg.card(champ[0])
+    f = pd.read_parquet(fp)
     up = lambda d: d[~d['down'].to_numpy(bool)] if 'down' in d else d
-    ts = f.index.get_level_values('ts'); w = card['training_window']
+    ts = f.index.get_level_values('ts')
+    w = card['training_window']
     train = up(f[np.asarray((ts >= pd.Timestamp(w['start'])) & (ts <= pd.Timestamp(w['end'])))])
     if live is None:
         spec = getattr(load_model(champ[1]), 'feature_spec', None)
@@ -382,12 +463,16 @@ def check_jobs(jobs:list[JobSettings]) -> list[JobSettings]:
     "`jobs`, if their names are unique, cron expressions valid and options known; else a ConfigError."
     seen = set()
     for j in jobs:
-        if j.name in seen: raise ConfigError(f"two scheduler jobs are named {j.name!r}; give each [[scheduler.jobs]] its own name")
+        if j.name in seen:
+            raise ConfigError(f"two scheduler jobs are named {j.name!r}; give each [[scheduler.jobs]] its own name")
         seen.add(j.name)
         if not croniter.is_valid(j.cron):
-            raise ConfigError(f"scheduler job {j.name!r}: cron {j.cron!r} is not a cron expression; write five fields (minute hour day month weekday), e.g. '0 3 * * 0'")
+            raise ConfigError(f"scheduler job {j.name!r}: cron {j.cron!r} is not a cron expression; write five "
+                              f"fields (minute hour day month weekday), e.g. '0 3 * * 0'")
         bad = set(j.args) - JOB_ARGS[j.job]
-        if bad: raise ConfigError(f"scheduler job {j.name!r}: unknown args {sorted(bad)} for a {j.job} job; it takes {sorted(JOB_ARGS[j.job]) or 'none'}")
+        if bad:
+            raise ConfigError(f"scheduler job {j.name!r}: unknown args {sorted(bad)} for a {j.job} job; it takes "
+                              f"{sorted(JOB_ARGS[j.job]) or 'none'}")
     return list(jobs)
 
 # %% ../../nbs/ml/07_retrain.ipynb #60eca012
@@ -401,24 +486,29 @@ def _job_snapshot(s, a, echo):
 
 def _job_compact(s, a, echo):
     from iot2ml.lake.store import Lake
-    return 'ok', f"compacted {Lake.from_settings(s).compact(a.get('dataset', 'telemetry'), 'raw', a.get('min_files'))} partitions"
+    n = Lake.from_settings(s).compact(a.get('dataset', 'telemetry'), 'raw', a.get('min_files'))
+    return 'ok', f"compacted {n} partitions"
 
 def _job_process(s, a, echo):
     from iot2ml.lake.store import Lake
-    lk = Lake.from_settings(s); ds = a.get('dataset', 'telemetry')
+    lk = Lake.from_settings(s)
+    ds = a.get('dataset', 'telemetry')
     return 'ok', f"rebuilt {len(lk.process(ds))} processed and {len(lk.publish_hourly(ds))} published partitions"
 
 def _job_drift(s, a, echo):
-    rep = champion_drift(s, a.get('live')); detail = f"{rep.share:.0%} of {len(rep.table)} features drifted"
-    if rep.drifted and a.get('retrain', False):   # as `iot2ml drift`: retrain only when the job says so (args = {retrain = true})
-        st, d = _job_retrain(s, {}, echo); return st, f"{detail}; retrain {st}: {d}"
+    rep = champion_drift(s, a.get('live'))
+    detail = f"{rep.share:.0%} of {len(rep.table)} features drifted"
+    # as `iot2ml drift`: retrain only when the job says so (args = {retrain = true})
+    if rep.drifted and a.get('retrain', False):
+        st, d = _job_retrain(s, {}, echo)
+        return st, f"{detail}; retrain {st}: {d}"
     return ('drifted' if rep.drifted else 'ok'), detail
 
 JOBS = dict(retrain=_job_retrain, snapshot=_job_snapshot, compact=_job_compact, process=_job_process, drift=_job_drift)
 
 def run_job(s:Settings, job:JobSettings, echo:Callable[[str], None]=lambda m: None) -> dict:
-    "Run `job` now: a record (job, kind, start, status, detail, seconds); a failure is status 'failed', never an exception."
-    t0, rec = time.monotonic(), dict(job=job.name, kind=job.job, start=utcnow())
+    "Run `job` now: a record (job, kind, start, status, detail, seconds); a failure is status 'failed', not a raise."
+    t0, rec = time.monotonic(), dict(job=job.name, kind=job.job, start=utcnow_iso())
     try: status, detail = JOBS[job.job](s, dict(job.args), echo)
     except Exception as e: status, detail = 'failed', f"{type(e).__name__}: {e}"
     return rec | dict(status=status, detail=detail, seconds=round(time.monotonic() - t0, 3))
@@ -426,7 +516,7 @@ def run_job(s:Settings, job:JobSettings, echo:Callable[[str], None]=lambda m: No
 # %% ../../nbs/ml/07_retrain.ipynb #45a174ca
 def log_json(rec:dict) -> None:
     "One structured log line (JSON) on stdout."
-    print(json.dumps({'ts': utcnow()} | rec, default=str), flush=True)
+    print(json.dumps({'ts': utcnow_iso()} | rec, default=str), flush=True)
 
 class Scheduler:
     "Runs the scheduler jobs of the settings at their cron times, one at a time, until stopped."
@@ -442,15 +532,25 @@ class Scheduler:
 
     def run(self, stop:threading.Event, sleep:Callable[[float], object]|None=None) -> int:
         "Run jobs as they fall due until `stop` is set; returns how many ran."
-        sleep = sleep or stop.wait; due = {j.name: t for j, t in self.plan()}; jobs = {j.name: j for j in self.jobs}; n = 0
+        sleep = sleep or stop.wait
+        due = {j.name: t for j, t in self.plan()}
+        jobs = {j.name: j for j in self.jobs}
+        n = 0
         self.log(dict(event='scheduler_start', jobs={k: str(v) for k, v in due.items()}))
         while not stop.is_set():
-            if not due: sleep(60); continue
-            name = min(due, key=due.get); now = self.clock()
-            if due[name] > now: sleep(min((due[name] - now).total_seconds(), 60)); continue
+            if not due:
+                sleep(60)
+                continue
+            name = min(due, key=due.get)
+            now = self.clock()
+            if due[name] > now:
+                sleep(min((due[name] - now).total_seconds(), 60))
+                continue
             self.log(dict(event='job_start', job=name, kind=jobs[name].job, due=str(due[name])))
-            rec = run_job(self.s, jobs[name], lambda m, name=name: self.log(dict(event='progress', job=name, message=m)))
-            n += 1; due[name] = next_run(jobs[name].cron, max(self.clock(), due[name]))
+            rec = run_job(self.s, jobs[name], lambda m,
+                          name=name: self.log(dict(event='progress', job=name, message=m)))
+            n += 1
+            due[name] = next_run(jobs[name].cron, max(self.clock(), due[name]))
             self.log(dict(event='job_end', **rec, next=str(due[name])))
         self.log(dict(event='scheduler_stop', jobs_run=n))
         return n
