@@ -14,13 +14,14 @@ from typing import Callable, Literal
 from fastcore.basics import patch
 from ..config import Settings, load_settings, private
 from ..schema import ID_RE
-from ..errors import Iot2mlError
+from ..errors import InputError, Iot2mlError
+from .._io import atomic_path, utcnow
 
 # %% auto #0
 __all__ = ['TOKEN_PREFIX', 'MOSQ_ITERATIONS', 'INGEST_USER', 'TELEMETRY_TOPIC', 'INGEST_TOPICS', 'new_token', 'hash_token',
-           'mosquitto_hash', 'mosquitto_verify', 'RegistryError', 'check_id', 'parse_duration', 'utcnow',
-           'registry_path', 'Registry', 'Issued', 'Device', 'AuthError', 'Principal', 'authenticate', 'MqttUser',
-           'write_private', 'ingest_password', 'broker_dir', 'BrokerConfig', 'render_acl', 'write_broker_config']
+           'mosquitto_hash', 'mosquitto_verify', 'RegistryError', 'check_id', 'parse_duration', 'registry_path',
+           'Registry', 'Issued', 'Device', 'AuthError', 'Principal', 'authenticate', 'MqttUser', 'write_private',
+           'ingest_password', 'broker_dir', 'BrokerConfig', 'render_acl', 'write_broker_config']
 
 # %% ../../nbs/ingest/01_devices.ipynb #74d156ad
 TOKEN_PREFIX = 'i2m_'
@@ -47,7 +48,8 @@ def mosquitto_hash(password:str, # the plain password (here: a device's token)
 def mosquitto_verify(password:str, hashed:str) -> bool:
     "Whether `password` matches the Mosquitto `$7$` hash `hashed`."
     _, kind, it, salt, dk = hashed.split('$')
-    if kind != '7': raise ValueError(f"only Mosquitto's $7$ (PBKDF2-SHA512) hashes are supported, not ${kind}$")
+    if kind != '7':
+        raise InputError(f"only Mosquitto's $7$ (PBKDF2-SHA512) hashes are supported, not ${kind}$")
     got = hashlib.pbkdf2_hmac('sha512', password.encode(), base64.b64decode(salt), int(it))
     return hmac.compare_digest(got, base64.b64decode(dk))
 
@@ -61,8 +63,11 @@ def check_id(name:str, # a device, gateway or admin id
              what:str='device id') -> str:
     "`name` if it is a valid id, else a `RegistryError` saying why."
     if not isinstance(name, str) or not re.fullmatch(ID_RE, name):
-        raise RegistryError(f"{what} {name!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    if ':' in name: raise RegistryError(f"{what} {name!r} contains ':', which Mosquitto user names cannot hold; use '-' or '.' instead")
+        raise RegistryError(f"{what} {name!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
+                            "starting with a letter or digit")
+    if ':' in name:
+        raise RegistryError(f"{what} {name!r} contains ':', which Mosquitto user names cannot hold; "
+                            "use '-' or '.' instead")
     if name == INGEST_USER: raise RegistryError(f"{what} {name!r} is reserved for the MQTT ingester; pick another")
     return name
 
@@ -71,12 +76,9 @@ def parse_duration(s:str|timedelta) -> timedelta:
     if isinstance(s, timedelta): return s
     m = re.fullmatch(r'\s*(\d+)\s*([smhdw])\s*', str(s))
     if not m or int(m[1]) == 0:
-        raise RegistryError(f"expiry {s!r} is not a duration: write a positive number and a unit (s, m, h, d or w), e.g. 30d")
+        raise RegistryError(f"expiry {s!r} is not a duration: write a positive number and a unit (s, m, h, d or w), "
+                            "e.g. 30d")
     return timedelta(**{dict(s='seconds', m='minutes', h='hours', d='days', w='weeks')[m[2]]: int(m[1])})
-
-def utcnow() -> datetime:
-    "Now, in UTC, to the second."
-    return datetime.now(timezone.utc).replace(microsecond=0)
 
 def _ts(d:datetime) -> str: return d.astimezone(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
 
@@ -106,11 +108,15 @@ class Registry:
         self.path, self.cache_ttl, self.now = Path(path), cache_ttl, now
         self._local, self._cache = threading.local(), {}
         if not self.path.exists():
-            if not create: raise RegistryError(f"no device registry at {self.path}; register a device first (iot2ml devices add ID) or pass --registry")
-            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True); self.path.touch(mode=0o600)   # token hashes: the owner's alone (SQLite gives -wal/-shm the same mode)
+            if not create:
+                raise RegistryError(f"no device registry at {self.path}; "
+                                    "register a device first (iot2ml devices add ID) or pass --registry")
+            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            self.path.touch(mode=0o600)   # token hashes: the owner's alone (SQLite gives -wal/-shm the same mode)
         if self.path.is_file(): private(self.path, 0o600)
         try: self.db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e: raise RegistryError(f"cannot use {self.path} as the device registry ({e}); check --registry") from None
+        except sqlite3.DatabaseError as e:
+            raise RegistryError(f"cannot use {self.path} as the device registry ({e}); check --registry") from None
 
     @classmethod
     def from_settings(cls, s:Settings|None=None, **kw) -> Registry:
@@ -137,7 +143,9 @@ def _write(self:Registry):
     "A write transaction holding the lock from its start; rolled back on error; clears the `authenticate` cache."
     self.db.execute('BEGIN IMMEDIATE')
     try: yield self.db
-    except BaseException: self.db.execute('ROLLBACK'); raise
+    except BaseException:
+        self.db.execute('ROLLBACK')
+        raise
     else: self.db.execute('COMMIT')
     finally: self._cache.clear()
 
@@ -155,7 +163,9 @@ class Issued:
     role: str
     token: str
     expires: str|None  # ISO UTC, or None: never
-    def __repr__(self): return f"Issued(subject={self.subject!r}, role={self.role!r}, token='{self.token[:8]}...', expires={self.expires!r})"
+    def __repr__(self):
+        return (f"Issued(subject={self.subject!r}, role={self.role!r}, token='{self.token[:8]}...', "
+                f"expires={self.expires!r})")
 
 @patch
 def _issue(self:Registry, subject:str, role:str, expires_in:str|timedelta|None) -> Issued:
@@ -163,7 +173,8 @@ def _issue(self:Registry, subject:str, role:str, expires_in:str|timedelta|None) 
     token, now = new_token(), self.now()
     expires = _ts(now + parse_duration(expires_in)) if expires_in else None
     mq = mosquitto_hash(token) if role != 'admin' else None
-    self.db.execute('INSERT INTO tokens VALUES (?,?,?,?,?,NULL,?)', (hash_token(token), subject, role, _ts(now), expires, mq))
+    row = (hash_token(token), subject, role, _ts(now), expires, mq)
+    self.db.execute('INSERT INTO tokens VALUES (?,?,?,?,?,NULL,?)', row)
     return Issued(subject, role, token, expires)
 
 @patch
@@ -172,7 +183,8 @@ def _device(self:Registry, device_id:str) -> sqlite3.Row|None:
 
 @patch
 def _is_admin(self:Registry, name:str) -> bool:
-    return self.db.execute("SELECT 1 FROM tokens WHERE subject=? AND role='admin' LIMIT 1", (name,)).fetchone() is not None
+    q = "SELECT 1 FROM tokens WHERE subject=? AND role='admin' LIMIT 1"
+    return self.db.execute(q, (name,)).fetchone() is not None
 
 # %% ../../nbs/ingest/01_devices.ipynb #91bfb91d
 @patch
@@ -187,16 +199,25 @@ def add(self:Registry, device_id:str, # the new device's or gateway's id, e.g. p
     check_id(device_id, f"{kind} id")
     with self._write():
         if (old := self._device(device_id)) is not None:
-            if old['revoked']: raise RegistryError(f"{old['kind']} {device_id} was revoked on {old['revoked']}; ids are not reused, pick another")
-            raise RegistryError(f"{old['kind']} {device_id} is already registered; for a new token run: iot2ml devices rotate-token {device_id}")
+            if old['revoked']:
+                raise RegistryError(f"{old['kind']} {device_id} was revoked on {old['revoked']}; ids are not reused, "
+                                    "pick another")
+            raise RegistryError(f"{old['kind']} {device_id} is already registered; for a new token run: "
+                                f"iot2ml devices rotate-token {device_id}")
         if self._is_admin(device_id): raise RegistryError(f"{device_id} is an admin's name; pick another id")
         if gateway_id is not None:
-            if kind == 'gateway': raise RegistryError(f"gateway {device_id} cannot sit behind gateway {gateway_id}; leave out --gateway")
+            if kind == 'gateway':
+                raise RegistryError(f"gateway {device_id} cannot sit behind gateway {gateway_id}; leave out --gateway")
             gw = self._device(gateway_id)
-            if gw is None: raise RegistryError(f"gateway {gateway_id} is not registered; add it first: iot2ml devices add {gateway_id} --kind gateway")
-            if gw['kind'] != 'gateway': raise RegistryError(f"{gateway_id} is a device, not a gateway; pass a gateway's id to --gateway")
-            if gw['revoked']: raise RegistryError(f"gateway {gateway_id} is revoked; put {device_id} behind another gateway")
-        self.db.execute('INSERT INTO devices VALUES (?,?,?,?,?,?,NULL)', (device_id, kind, type, site, gateway_id, _ts(self.now())))
+            if gw is None:
+                raise RegistryError(f"gateway {gateway_id} is not registered; add it first: "
+                                    f"iot2ml devices add {gateway_id} --kind gateway")
+            if gw['kind'] != 'gateway':
+                raise RegistryError(f"{gateway_id} is a device, not a gateway; pass a gateway's id to --gateway")
+            if gw['revoked']:
+                raise RegistryError(f"gateway {gateway_id} is revoked; put {device_id} behind another gateway")
+        row = (device_id, kind, type, site, gateway_id, _ts(self.now()))
+        self.db.execute('INSERT INTO devices VALUES (?,?,?,?,?,?,NULL)', row)
         return self._issue(device_id, kind, expires_in)
 
 @patch
@@ -205,7 +226,8 @@ def add_admin(self:Registry, name:str, # the admin's name, e.g. alice
     "Issue a token that manages the registry and may write any device's readings."
     check_id(name, 'admin name')
     with self._write():
-        if self._device(name) is not None: raise RegistryError(f"{name} is a registered device; pick another admin name")
+        if self._device(name) is not None:
+            raise RegistryError(f"{name} is a registered device; pick another admin name")
         return self._issue(name, 'admin', expires_in)
 
 # %% ../../nbs/ingest/01_devices.ipynb #444ecd4d
@@ -231,7 +253,8 @@ def _as_device(r:sqlite3.Row) -> Device:
 @patch
 def devices(self:Registry, include_revoked:bool=True) -> list[Device]:
     "Every device and gateway, by id."
-    rows = self.db.execute(_DEVICES_SQL + (' WHERE d.revoked IS NULL' if not include_revoked else '') + ' ORDER BY d.device_id', (_ts(self.now()),))
+    where = '' if include_revoked else ' WHERE d.revoked IS NULL'
+    rows = self.db.execute(_DEVICES_SQL + where + ' ORDER BY d.device_id', (_ts(self.now()),))
     return [_as_device(r) for r in rows]
 
 # %% ../../nbs/ingest/01_devices.ipynb #35e16738
@@ -252,16 +275,18 @@ def get(self:Registry, device_id:str) -> Device:
 # %% ../../nbs/ingest/01_devices.ipynb #c40a9577
 @patch
 def tokens(self:Registry, subject:str) -> list[dict]:
-    "The tokens of `subject` (device, gateway or admin), oldest first: role, created, expires, revoked, status; never the hash."
+    """The tokens of `subject` (device, gateway or admin), oldest first: role, created, expires, revoked, status; never
+    the hash."""
     rows = self.db.execute("""SELECT role, created, expires, revoked, CASE WHEN revoked IS NOT NULL THEN 'revoked'
-        WHEN expires <= ? THEN 'expired' ELSE 'active' END AS status FROM tokens WHERE subject=? ORDER BY created, rowid""",
-        (_ts(self.now()), subject))
+        WHEN expires <= ? THEN 'expired' ELSE 'active' END AS status FROM tokens WHERE subject=?
+        ORDER BY created, rowid""", (_ts(self.now()), subject))
     return [dict(r) for r in rows]
 
 @patch
 def behind(self:Registry, gateway_id:str) -> list[str]:
     "The ids of the active devices behind gateway `gateway_id`."
-    rows = self.db.execute('SELECT device_id FROM devices WHERE gateway_id=? AND revoked IS NULL ORDER BY device_id', (gateway_id,))
+    q = 'SELECT device_id FROM devices WHERE gateway_id=? AND revoked IS NULL ORDER BY device_id'
+    rows = self.db.execute(q, (gateway_id,))
     return [r[0] for r in rows]
 
 # %% ../../nbs/ingest/01_devices.ipynb #b9000073
@@ -269,7 +294,9 @@ def behind(self:Registry, gateway_id:str) -> list[str]:
 def _role(self:Registry, subject:str) -> str:
     "The role a new token for `subject` gets; `RegistryError` if it is unknown or revoked."
     if (d := self._device(subject)) is not None:
-        if d['revoked']: raise RegistryError(f"{d['kind']} {subject} was revoked on {d['revoked']}; register a new id with: iot2ml devices add")
+        if d['revoked']:
+            raise RegistryError(f"{d['kind']} {subject} was revoked on {d['revoked']}; register a new id with: "
+                                "iot2ml devices add")
         return d['kind']
     if self._is_admin(subject): return 'admin'
     raise self._unknown(subject)
@@ -312,14 +339,16 @@ class Principal:
 
     def check_write(self, device_id:str) -> None:
         "Raise `AuthError(403)` unless this principal may write readings of `device_id`."
-        if not self.may_write(device_id): raise AuthError(403, f"token for {self.subject} may not write readings of {device_id}")
+        if not self.may_write(device_id):
+            raise AuthError(403, f"token for {self.subject} may not write readings of {device_id}")
 
     def may_read(self, device_id) -> bool:
         "Whether this principal may read the latest state, scores and predictions of `device_id` (a set lookup)."
         return self.devices is None or (isinstance(device_id, str) and device_id in self.devices)
 
     def readable(self, devices:list[str]|None=None) -> list[str]|None:
-        "Those of `devices` this principal may read; for `None` (every device): None for an admin, else its own devices."
+        """Those of `devices` this principal may read; for `None` (every device): None for an admin, else its own
+        devices."""
         if devices is None: return None if self.devices is None else sorted(self.devices)
         return [d for d in devices if self.may_read(d)]
 
@@ -330,32 +359,42 @@ class Principal:
         if self.role == 'device': return f"only {self.subject} itself"
         names = sorted(self.devices)
         some = ', '.join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else '')
-        return f"only the {len(names)} devices behind gateway {self.subject} ({some})" if names else f"no device (none is behind gateway {self.subject})"
+        if not names: return f"no device (none is behind gateway {self.subject})"
+        return f"only the {len(names)} devices behind gateway {self.subject} ({some})"
 
     def check_read(self, device_id) -> None:
         "Raise `AuthError(403)` unless this principal may read `device_id`."
         if not self.may_read(device_id):
-            raise AuthError(403, f"token for {self.subject} may read {self.scope}, not {device_id!r}; use an admin token or that device's own")
+            raise AuthError(403, f"token for {self.subject} may read {self.scope}, not {device_id!r}; "
+                                 "use an admin token or that device's own")
 
 # %% ../../nbs/ingest/01_devices.ipynb #76af8456
 _AUTH_SQL = """SELECT t.subject, t.role, t.expires, t.revoked, d.revoked AS subject_revoked,
-  (SELECT group_concat(c.device_id, char(10)) FROM devices c WHERE c.gateway_id = t.subject AND c.revoked IS NULL) AS behind
+  (SELECT group_concat(c.device_id, char(10)) FROM devices c WHERE c.gateway_id = t.subject AND c.revoked IS NULL)
+    AS behind
   FROM tokens t LEFT JOIN devices d ON d.device_id = t.subject WHERE t.token_hash = ?"""
 
 def _principal(r:sqlite3.Row|None, now:datetime) -> Principal:
-    if r is None: raise AuthError(401, "unknown token; ask an admin for a token (iot2ml devices add, or rotate-token for a lost one)")
+    if r is None:
+        raise AuthError(401, "unknown token; ask an admin for a token (iot2ml devices add, "
+                             "or rotate-token for a lost one)")
     s, role = r['subject'], r['role']
     if r['subject_revoked']: raise AuthError(403, f"{role} {s} is revoked; its tokens no longer work")
-    if r['revoked']: raise AuthError(403, f"token for {s} was revoked; ask an admin for a new one (iot2ml devices rotate-token {s})")
+    if r['revoked']:
+        raise AuthError(403, f"token for {s} was revoked; ask an admin for a new one (iot2ml devices rotate-token {s})")
     if r['expires'] and r['expires'] <= _ts(now):
-        raise AuthError(401, f"token for {s} expired at {r['expires']}; ask an admin for a new one (iot2ml devices rotate-token {s})")
-    devs = None if role == 'admin' else frozenset([s]) if role == 'device' else frozenset((r['behind'] or '').split('\n')) - {''}
-    return Principal(s, role, devs)
+        raise AuthError(401, f"token for {s} expired at {r['expires']}; "
+                             f"ask an admin for a new one (iot2ml devices rotate-token {s})")
+    if role == 'admin': return Principal(s, role, None)
+    if role == 'device': return Principal(s, role, frozenset([s]))
+    return Principal(s, role, frozenset((r['behind'] or '').split('\n')) - {''})
 
 def authenticate(reg:Registry, # the device registry
                  token:str|None) -> Principal: # the request's token (e.g. from `Authorization: Bearer ...`)
     "The `Principal` of `token`, or `AuthError`: 401 if it is missing, unknown or expired, 403 if revoked."
-    if not token: raise AuthError(401, "no token; send one as 'Authorization: Bearer <token>' (an admin issues it with iot2ml devices add)")
+    if not token:
+        raise AuthError(401, "no token; send one as 'Authorization: Bearer <token>' (an admin issues it with iot2ml "
+                             "devices add)")
     key, t = hash_token(token), time.monotonic()
     hit = reg._cache.get(key)
     if hit is None or hit[0] < t:
@@ -374,25 +413,25 @@ class MqttUser:
     password_hash: str
     write: tuple[str, ...]
 
+_MQTT_USERS_SQL = """SELECT d.device_id, d.kind, t.mqtt_hash FROM devices d JOIN tokens t ON t.subject = d.device_id
+  WHERE d.revoked IS NULL AND t.revoked IS NULL AND t.mqtt_hash IS NOT NULL AND (t.expires IS NULL OR t.expires > ?)
+  ORDER BY d.device_id, t.created, t.rowid"""
+
 @patch
 def mqtt_users(self:Registry) -> list[MqttUser]:
     "Every active device and gateway with a live token, as a Mosquitto user with its topics."
-    rows = self.db.execute("""SELECT d.device_id, d.kind, t.mqtt_hash FROM devices d JOIN tokens t ON t.subject = d.device_id
-        WHERE d.revoked IS NULL AND t.revoked IS NULL AND t.mqtt_hash IS NOT NULL AND (t.expires IS NULL OR t.expires > ?)
-        ORDER BY d.device_id, t.created, t.rowid""", (_ts(self.now()),))
+    rows = self.db.execute(_MQTT_USERS_SQL, (_ts(self.now()),))
     latest = {r['device_id']: r for r in rows}  # the newest live token wins
     topics = lambda d: [d['device_id']] if d['kind'] == 'device' else self.behind(d['device_id'])
-    return [MqttUser(i, r['mqtt_hash'], tuple(TELEMETRY_TOPIC.format(device_id=x) for x in topics(r))) for i, r in latest.items()]
+    return [MqttUser(i, r['mqtt_hash'], tuple(TELEMETRY_TOPIC.format(device_id=x) for x in topics(r)))
+            for i, r in latest.items()]
 
 # %% ../../nbs/ingest/01_devices.ipynb #81474e37
 def write_private(path:Path|str, text:str) -> Path:
-    "Write `text` to `path` atomically (temp file, fsync, rename), readable and writable by the owner only."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as f:
-        os.fchmod(f.fileno(), 0o600); f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    "Write `text` to `path` atomically (`atomic_path`), readable and writable by the owner only, from its first byte."
+    with atomic_path(path, mode=0o600) as tmp:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 'w') as f: f.write(text)
+    return Path(path)
 
 def ingest_password(path:Path|str) -> str:
     "The MQTT ingester's password from the 0600 file `path`, made (random, 256 bits) on first use."
@@ -415,7 +454,8 @@ class BrokerConfig:
     def conf_lines(self) -> str:
         "The mosquitto.conf lines to use: the two files, and no cap on messages queued for a stopped ingester."
         return (f"password_file {self.passwd}\nacl_file {self.acl}\n"
-                "max_queued_messages 0   # keep everything devices send while the ingester is down (the default, 1000, drops the rest)")
+                "max_queued_messages 0   # keep everything devices send while the ingester is down "
+                "(the default, 1000, drops the rest)")
 
 def render_acl(users:list[MqttUser], source:str='') -> str:
     "Mosquitto ACL text: the ingester reads all telemetry, each device or gateway writes its own topics."
@@ -430,6 +470,7 @@ def write_broker_config(reg:Registry, # the device registry
     "Write Mosquitto's password file and ACL for the registry's active devices and gateways into `out`."
     out, users = Path(out), reg.mqtt_users()
     ingest = mosquitto_hash(ingest_password(ingest_secret))
-    passwd = write_private(out/'passwd', ''.join(f"{u.username}:{u.password_hash}\n" for u in [MqttUser(INGEST_USER, ingest, ()), *users]))
+    lines = [f"{u.username}:{u.password_hash}\n" for u in [MqttUser(INGEST_USER, ingest, ()), *users]]
+    passwd = write_private(out/'passwd', ''.join(lines))
     acl = write_private(out/'acl', render_acl(users, str(reg.path)))
     return BrokerConfig(passwd.resolve(), acl.resolve(), Path(ingest_secret).resolve(), len(users))

@@ -7,7 +7,8 @@ from __future__ import annotations
 import io, json, operator, re, time
 import numpy as np, orjson, pandas as pd, pyarrow as pa, pyarrow.compute as pc, pyarrow.csv as pacsv
 
-from ..schema import REQUIRED, RecordError, Validated, validate, LONG_SCHEMA, TS_TYPE, MIN_TS, MAX_AHEAD, ID_CHARS, Limits, epoch_to_us, show_value
+from ..schema import (REQUIRED, RecordError, Validated, validate, LONG_SCHEMA, TS_TYPE, MIN_TS, MAX_AHEAD,
+                           ID_CHARS, Limits, epoch_to_us, show_value)
 from ..errors import InputError
 
 # %% auto #0
@@ -44,7 +45,8 @@ class Parsed:
 
 def _records(obj) -> list:
     if isinstance(obj, dict): obj = obj['readings'] if isinstance(obj.get('readings'), list) else [obj]
-    if not isinstance(obj, list): raise ParseError("the JSON body must be a reading, a list of readings or {\"readings\": [...]}")
+    if not isinstance(obj, list):
+        raise ParseError("the JSON body must be a reading, a list of readings or {\"readings\": [...]}")
     return obj
 
 # %% ../../nbs/ingest/00_parse.ipynb #2ff7ef17
@@ -59,7 +61,7 @@ def _long_columns(recs:list) -> dict|None:
     more = sum(map(len, recs)) != 4 * len(recs)
     u = [r.get('unit') for r in recs] if more else None
     q = [r.get('quality') for r in recs] if more else None
-    return dict(device_id=d, ts=t, sensor=s, value=v, unit=u, quality=q, record=None)   # record None: reading i is record i
+    return dict(device_id=d, ts=t, sensor=s, value=v, unit=u, quality=q, record=None)   # None: reading i is record i
 
 def _frame(cols:dict) -> pd.DataFrame:
     "The DataFrame of Python objects that validation takes (unit and quality left out when no reading has one)."
@@ -74,11 +76,7 @@ def _frame(cols:dict) -> pd.DataFrame:
 def from_records(recs:list) -> Parsed:
     "Long-form columns from a list of JSON objects (long or wide)."
     if (cols := _long_columns(recs)) is not None: return Parsed(records=len(recs), columns=cols)
-    errors, long_ix, wide_ix = [], [], []
-    for i, r in enumerate(recs):
-        if not isinstance(r, dict): errors.append(RecordError(i, '-', f"is {type(r).__name__}, not an object; send objects with device_id, ts, sensor, value"))
-        elif 'sensor' in r or 'value' in r: long_ix.append(i)
-        else: wide_ix.append(i)
+    errors, long_ix, wide_ix = _shapes(recs)
     cols = {c: [] for c in COLUMNS}
     if len(long_ix) == len(recs):   # all long, some with a field missing
         for c in cols: cols[c] = [r.get(c) for r in recs] if c != 'record' else list(range(len(recs)))
@@ -86,13 +84,33 @@ def from_records(recs:list) -> Parsed:
         for i in long_ix:
             r = recs[i]
             for c in cols: cols[c].append(r.get(c) if c != 'record' else i)
-        for i in wide_ix:
-            r = recs[i]; sensors = [k for k in r if k not in META and r[k] is not None]   # a null: that sensor was not read (as a blank CSV cell)
-            if not sensors: errors.append(RecordError(i, 'sensor', "has no sensor values; send sensor/value or one key per sensor")); continue
-            for s in sensors:
-                for c, v in (('device_id', r.get('device_id')), ('ts', r.get('ts')), ('sensor', s), ('value', r[s]),
-                             ('unit', r.get('unit')), ('quality', r.get('quality')), ('record', i)): cols[c].append(v)
+        errors += _add_wide(cols, recs, wide_ix)
     return Parsed(_frame(cols), len(recs), errors)
+
+def _shapes(recs:list) -> tuple[list[RecordError], list[int], list[int]]:
+    "An error for each record that is not an object, and the indexes of the long and of the wide records."
+    errors, long_ix, wide_ix = [], [], []
+    for i, r in enumerate(recs):
+        if not isinstance(r, dict):
+            errors.append(RecordError(i, '-', f"is {type(r).__name__}, not an object; "
+                                              "send objects with device_id, ts, sensor, value"))
+        elif 'sensor' in r or 'value' in r: long_ix.append(i)
+        else: wide_ix.append(i)
+    return errors, long_ix, wide_ix
+
+def _add_wide(cols:dict, recs:list, wide_ix:list[int]) -> list[RecordError]:
+    "Append a long reading per sensor of each wide record to `cols`; an error for each record with no sensor."
+    errors = []
+    for i in wide_ix:
+        r = recs[i]
+        sensors = [k for k in r if k not in META and r[k] is not None]   # a null: not read (as a blank CSV cell)
+        if not sensors:
+            errors.append(RecordError(i, 'sensor', "has no sensor values; send sensor/value or one key per sensor"))
+            continue
+        for s in sensors:
+            for c, v in (('device_id', r.get('device_id')), ('ts', r.get('ts')), ('sensor', s), ('value', r[s]),
+                         ('unit', r.get('unit')), ('quality', r.get('quality')), ('record', i)): cols[c].append(v)
+    return errors
 
 # %% ../../nbs/ingest/00_parse.ipynb #fa5c10ea
 def _loads(body:bytes):
@@ -100,12 +118,14 @@ def _loads(body:bytes):
     try: return orjson.loads(body)
     except orjson.JSONDecodeError as e:
         try: return json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError): raise e from None   # orjson's message says what is wrong
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise e from None   # orjson's message says what is wrong
 
 def parse_json(body:bytes) -> Parsed:
     "One reading, a list, or {'readings': [...]} as JSON."
     try: obj = _loads(body)
-    except orjson.JSONDecodeError as e: raise ParseError(f"the body is not valid JSON ({e}); send a JSON object or array") from None
+    except orjson.JSONDecodeError as e:
+        raise ParseError(f"the body is not valid JSON ({e}); send a JSON object or array") from None
     return from_records(_records(obj))
 
 def parse_ndjson(body:bytes) -> Parsed:
@@ -113,7 +133,9 @@ def parse_ndjson(body:bytes) -> Parsed:
     recs, errors = [], []
     for i, line in enumerate(l for l in body.splitlines() if l.strip()):
         try: recs.append(_loads(line))
-        except orjson.JSONDecodeError as e: recs.append(None); errors.append(RecordError(i, '-', f"line is not valid JSON ({e}); send one JSON object per line"))
+        except orjson.JSONDecodeError as e:
+            recs.append(None)
+            errors.append(RecordError(i, '-', f"line is not valid JSON ({e}); send one JSON object per line"))
     p = from_records(recs)
     p.errors = errors + [e for e in p.errors if e.index not in {x.index for x in errors}]
     return p
@@ -122,41 +144,53 @@ def parse_ndjson(body:bytes) -> Parsed:
 _TEXT_COLUMNS = ('device_id', 'sensor', 'unit', 'ts')   # read as text: ids stay ids, times are judged by `parse_ts`
 
 def csv_options(columns:dict|None=None) -> pacsv.ConvertOptions:
-    "Arrow's options for reading a CSV of readings: ids, units and times as text (`columns` maps the file's names to ours)."
+    """Arrow's options for reading a CSV of readings: ids, units and times as text (`columns` maps the file's names to
+    ours)."""
     ours = {c: c for c in _TEXT_COLUMNS} | {f: o for f, o in (columns or {}).items() if o in _TEXT_COLUMNS}
     return pacsv.ConvertOptions(strings_can_be_null=True, column_types={f: pa.string() for f in ours})
 
 def parse_csv(data:bytes|str, columns:dict|None=None) -> Parsed:
-    "CSV with a header, long (has a `sensor` column) or wide (a column per sensor); `columns` renames file columns to ours."
+    """CSV with a header, long (has a `sensor` column) or wide (a column per sensor); `columns` renames file columns to
+    ours."""
     if isinstance(data, bytes):
         try: data.decode('utf-8')
-        except UnicodeDecodeError as e: raise ParseError(f"the CSV is not UTF-8 text ({e}); send it encoded as UTF-8") from None
-    try: t = pacsv.read_csv(io.BytesIO(data.encode() if isinstance(data, str) else data), convert_options=csv_options(columns))
-    except pa.ArrowInvalid as e: raise ParseError(f"the CSV cannot be read ({e}); send a header line and comma-separated rows") from None
+        except UnicodeDecodeError as e:
+            raise ParseError(f"the CSV is not UTF-8 text ({e}); send it encoded as UTF-8") from None
+    try:
+        raw = data.encode() if isinstance(data, str) else data
+        t = pacsv.read_csv(io.BytesIO(raw), convert_options=csv_options(columns))
+    except pa.ArrowInvalid as e:
+        raise ParseError(f"the CSV cannot be read ({e}); send a header line and comma-separated rows") from None
     return from_frame(t.to_pandas().rename(columns=columns or {}))
 
 def from_frame(df:pd.DataFrame) -> Parsed:
     "Long-form columns from a DataFrame that is long (has `sensor`) or wide (a column per sensor)."
     if df.columns.duplicated().any():
-        raise ParseError(f"the CSV header names column {df.columns[df.columns.duplicated()][0]!r} more than once; give each column one name")
+        raise ParseError(f"the CSV header names column {df.columns[df.columns.duplicated()][0]!r} more than once; "
+                         "give each column one name")
     if 'sensor' in df or 'value' in df:
-        out = df.copy(); out['record'] = np.arange(len(df))
+        out = df.copy()
+        out['record'] = np.arange(len(df))
         return Parsed(out, len(df))
     sensors = [c for c in df.columns if c not in META]
-    if not sensors: raise ParseError(f"no sensor columns among {list(df.columns)}; a wide file needs device_id, ts and one column per sensor")
+    if not sensors:
+        raise ParseError(f"no sensor columns among {list(df.columns)}; a wide file needs device_id, "
+                         "ts and one column per sensor")
     w = df.assign(record=np.arange(len(df)))
-    long = w.melt(id_vars=[c for c in (*META, 'record') if c in w], value_vars=sensors, var_name='sensor', value_name='value')
+    ids = [c for c in (*META, 'record') if c in w]
+    long = w.melt(id_vars=ids, value_vars=sensors, var_name='sensor', value_name='value')
     long = long[long['value'].notna()].sort_values(['record', 'sensor'], kind='stable', ignore_index=True)
     return Parsed(long, len(df))
 
 # %% ../../nbs/ingest/00_parse.ipynb #1705236a
-CONTENT_TYPES = {'application/json': parse_json, 'application/x-ndjson': parse_ndjson, 'application/jsonl': parse_ndjson,
-                 'application/ndjson': parse_ndjson, 'text/csv': parse_csv}
+CONTENT_TYPES = {'application/json': parse_json, 'application/x-ndjson': parse_ndjson,
+                 'application/jsonl': parse_ndjson, 'application/ndjson': parse_ndjson, 'text/csv': parse_csv}
 
 def parse_body(body:bytes, content_type:str|None='application/json') -> Parsed:
     "Parse a request body by its content type."
     ct = (content_type or 'application/json').split(';')[0].strip().lower()
-    if ct not in CONTENT_TYPES: raise ParseError(f"content type {ct!r} is not supported; send one of {', '.join(CONTENT_TYPES)}")
+    if ct not in CONTENT_TYPES:
+        raise ParseError(f"content type {ct!r} is not supported; send one of {', '.join(CONTENT_TYPES)}")
     return CONTENT_TYPES[ct](body)
 
 # %% ../../nbs/ingest/00_parse.ipynb #1c187bd5
@@ -165,14 +199,16 @@ _NUM, _NONE = {int, float}, type(None)
 _MIN_US = MIN_TS.value // 1000
 
 def _ids(col:list, max_len:int=128) -> tuple[pa.Array, np.ndarray]|None:
-    "All strings that are valid ids up to `max_len` long: their Arrow array and a code per distinct value (each matched once); else None."
+    """All strings that are valid ids up to `max_len` long: their Arrow array and a code per distinct value (each
+    matched once); else None."""
     ok = lambda x: len(x) <= max_len and _ID.fullmatch(x)
     first = col[0]
     if type(first) is str and col[-1] == first and col.count(first) == len(col):   # one value: no hashing at all
         if not ok(first): return None
         return pa.repeat(pa.scalar(first, pa.string()), len(col)), np.zeros(len(col), np.int32)
     try: a = pa.array(col, pa.string())
-    except (pa.ArrowException, ValueError): return None   # a value that is not a string, or text that is not valid Unicode
+    except (pa.ArrowException, ValueError):
+        return None   # a value that is not a string, or text that is not valid Unicode
     if a.null_count: return None
     enc = a.dictionary_encode()   # the distinct values, by Arrow's hashing
     if not all(map(ok, enc.dictionary.to_pylist())): return None
@@ -183,25 +219,28 @@ def _values(col) -> np.ndarray|None:
     types = set(map(type, col))
     if not types <= _NUM: return None
     v = np.array(col, dtype='float64')
-    if not np.isfinite(v).all() or (int in types and np.abs(v).max() >= 2**53): return None   # huge ints: the exact path rounds them
+    if not np.isfinite(v).all() or (int in types and np.abs(v).max() >= 2**53):
+        return None   # huge ints: the exact path rounds them
     return v
 
 # %% ../../nbs/ingest/00_parse.ipynb #bcc0664a
 def _times(col, now_ns:int) -> tuple[pa.Array, np.ndarray]|None:
-    "Times that are all epoch numbers or all ISO 8601 strings with a zone, from 2000 to a day after now: (TS_TYPE array, int64 us)."
+    """Times that are all epoch numbers or all ISO 8601 strings with a zone, from 2000 to a day after now: (TS_TYPE
+    array, int64 us)."""
     if type(col[0]) is str:
         try: a = pa.array(col, pa.string())   # raises for a value that is not a string
         except (pa.ArrowException, ValueError): return None
         if a.null_count: return None
         try:
             if len(a) > 1: pc.cast(a.slice(0, 1), TS_TYPE)   # the first alone: cheap when all are bad
-            ts = pc.cast(a, TS_TYPE)                          # raises for a string without a zone or in a form Arrow does not read
+            ts = pc.cast(a, TS_TYPE)   # raises for a string without a zone or in a form Arrow does not read
         except pa.ArrowInvalid: return None
         us = ts.view(pa.int64()).to_numpy()
     elif set(map(type, col)) <= _NUM:
         x = np.array(col, dtype='float64')
         if not np.isfinite(x).all() or np.abs(x).max() >= 9e18: return None
-        us = epoch_to_us(x); ts = pa.array(us, pa.int64()).view(TS_TYPE)
+        us = epoch_to_us(x)
+        ts = pa.array(us, pa.int64()).view(TS_TYPE)
     else: return None
     if us.min() < _MIN_US or us.max() > (now_ns + MAX_AHEAD.value) // 1000: return None
     return ts, us
@@ -224,12 +263,14 @@ def _quality(col, n:int) -> np.ndarray|None:
 def _has_duplicates(dcode:np.ndarray, scode:np.ndarray, us:np.ndarray) -> bool:
     "Whether two readings share device, sensor and time (codes of device and sensor, time in us)."
     k = dcode.astype('int64') * (int(scode.max()) + 1) + scode
-    o = np.lexsort((us, k)); k, us = k[o], us[o]
+    o = np.lexsort((us, k))
+    k, us = k[o], us[o]
     return bool(((k[1:] == k[:-1]) & (us[1:] == us[:-1])).any())
 
 # %% ../../nbs/ingest/00_parse.ipynb #673da7bb
 def fast_check(p:Parsed, now:pd.Timestamp|None=None, limits:Limits|None=None) -> pa.Table|None:
-    "The readings of `p` in `LONG_SCHEMA` if all are clean, checked by columns; None if any is not or `p` has no columns."
+    """The readings of `p` in `LONG_SCHEMA` if all are clean, checked by columns; None if any is not or `p` has no
+    columns."""
     c = p.columns
     if c is None: return None
     now = None if now is None else pd.Timestamp(now)
@@ -242,10 +283,13 @@ def fast_check(p:Parsed, now:pd.Timestamp|None=None, limits:Limits|None=None) ->
         val = None if sen is None else _values(c['value'])
         tms = None if val is None else _times(c['ts'], now_ns)
         if tms is None: return None
-        n = len(val); unit, q = _unit(c.get('unit'), n, L), _quality(c.get('quality'), n)
+        n = len(val)
+        unit, q = _unit(c.get('unit'), n, L), _quality(c.get('quality'), n)
         if unit is None or q is None or _has_duplicates(dev[1], sen[1], tms[1]): return None
-    except (ArithmeticError, ValueError, TypeError, pa.ArrowException): return None   # anything odd: the exact path explains it
-    return pa.Table.from_arrays([dev[0], tms[0], sen[0], pa.array(val, pa.float64()), unit, pa.array(q, pa.uint8())], schema=LONG_SCHEMA)
+    except (ArithmeticError, ValueError, TypeError, pa.ArrowException):
+        return None   # anything odd: the exact path explains it
+    cols = [dev[0], tms[0], sen[0], pa.array(val, pa.float64()), unit, pa.array(q, pa.uint8())]
+    return pa.Table.from_arrays(cols, schema=LONG_SCHEMA)
 
 # %% ../../nbs/ingest/00_parse.ipynb #7b44b37a
 def _too_wide(frame:pd.DataFrame, cap:int) -> tuple[pd.DataFrame, list[RecordError]]:
@@ -254,8 +298,10 @@ def _too_wide(frame:pd.DataFrame, cap:int) -> tuple[pd.DataFrame, list[RecordErr
     counts = np.bincount(rec) if len(rec) else rec
     over = np.flatnonzero(counts > cap)
     if not len(over): return frame, []
-    return frame[~np.isin(rec, over)], [RecordError(int(i), 'sensor', f"has {counts[i]:,} sensors, more than ingest.max_sensors_per_record "
-                                                    f"({cap:,}); split it into records of fewer sensors or raise that setting") for i in over]
+    errors = [RecordError(int(i), 'sensor', f"has {counts[i]:,} sensors, more than ingest.max_sensors_per_record "
+                                            f"({cap:,}); split it into records of fewer sensors or raise that setting")
+              for i in over]
+    return frame[~np.isin(rec, over)], errors
 
 def _one_per_record(errors:list[RecordError]) -> list[RecordError]:
     "The first error of each record, saying how many more it had, in record order."
@@ -263,30 +309,45 @@ def _one_per_record(errors:list[RecordError]) -> list[RecordError]:
     for e in errors:
         if e.index in first: more[e.index] = more.get(e.index, 0) + 1
         else: first[e.index] = e
-    return sorted((e if e.index not in more else RecordError(e.index, e.field, f"{e.message} (and {more[e.index]:,} more problem{'s' * (more[e.index] > 1)} in this record)")
-                   for e in first.values()), key=lambda e: e.index)
+    def counted(e:RecordError) -> RecordError:
+        if e.index not in more: return e
+        n = more[e.index]
+        return RecordError(e.index, e.field, f"{e.message} (and {n:,} more problem{'s' * (n > 1)} in this record)")
+    return sorted(map(counted, first.values()), key=lambda e: e.index)
 
-def check_parsed(p:Parsed, now:pd.Timestamp|None=None, assume_tz:str|None=None, limits:Limits|None=None) -> tuple[pa.Table, np.ndarray, list[RecordError]]:
-    "Validate parsed readings: the accepted readings, the record each came from, and one error per rejected record (the sender's numbering)."
+def check_parsed(p:Parsed, now:pd.Timestamp|None=None, assume_tz:str|None=None,
+                 limits:Limits|None=None) -> tuple[pa.Table, np.ndarray, list[RecordError]]:
+    """Validate parsed readings: the accepted readings, the record each came from, and one error per rejected record
+    (the sender's numbering)."""
     limits = limits or Limits()
-    if (t := fast_check(p, now, limits)) is not None: return t, np.arange(t.num_rows), list(p.errors)   # clean: checked by columns
+    if (t := fast_check(p, now, limits)) is not None:
+        return t, np.arange(t.num_rows), list(p.errors)   # clean: checked by columns
     frame, errors = p.frame, list(p.errors)
     if not len(frame): return LONG_SCHEMA.empty_table(), np.array([], int), _one_per_record(errors)
     if p.columns is None:   # a wide record gives a reading per sensor
-        frame, wide_errors = _too_wide(frame, limits.max_sensors_per_record); errors += wide_errors
+        frame, wide_errors = _too_wide(frame, limits.max_sensors_per_record)
+        errors += wide_errors
     rec = frame['record'].to_numpy().astype('int64')
     res = validate(frame.drop(columns='record'), now=now, assume_tz=assume_tz, limits=limits)
-    per_record = np.bincount(rec)   # readings per record: a wide record's errors name the sensor
-    sensors = frame['sensor'].to_numpy() if 'sensor' in frame else np.full(len(frame), None)   # (not .iloc per error: 0.2 ms each)
-    for e in res.errors:
-        r = int(rec[e.index])
-        if per_record[r] == 1 or e.field == 'sensor': errors.append(RecordError(r, e.field, e.message)); continue
-        s = sensors[e.index]
-        name = s if isinstance(s, str) and len(s) <= 40 and _ID.fullmatch(s) else show_value(s)
-        errors.append(RecordError(r, e.field, f"(sensor {name}) {e.message}"))
-    errors = _one_per_record(errors)
+    errors = _one_per_record(errors + _by_record(res.errors, rec, frame))
     table, acc = res.table, rec[res.accepted]
-    if errors and len(acc):   # readings of a record that is rejected (a wide record with one bad sensor) are not accepted
+    if errors and len(acc):   # readings of a rejected record (a wide record with one bad sensor) are not accepted
         keep = ~np.isin(acc, [e.index for e in errors])
         if not keep.all(): table, acc = table.filter(pa.array(keep)), acc[keep]
     return table, acc, errors
+
+def _by_record(errors:list[RecordError], rec:np.ndarray, frame:pd.DataFrame) -> list[RecordError]:
+    "Validation `errors` (per reading) numbered by the record each came from (`rec`); a wide record's name the sensor."
+    per_record = np.bincount(rec)   # readings per record
+    # the sensors as an array (not .iloc per error: 0.2 ms each)
+    sensors = frame['sensor'].to_numpy() if 'sensor' in frame else np.full(len(frame), None)
+    out = []
+    for e in errors:
+        r = int(rec[e.index])
+        if per_record[r] == 1 or e.field == 'sensor':
+            out.append(RecordError(r, e.field, e.message))
+            continue
+        s = sensors[e.index]
+        name = s if isinstance(s, str) and len(s) <= 40 and _ID.fullmatch(s) else show_value(s)
+        out.append(RecordError(r, e.field, f"(sensor {name}) {e.message}"))
+    return out

@@ -7,20 +7,23 @@ from __future__ import annotations
 import queue, sqlite3, threading, time
 from pathlib import Path
 from ..config import private
+from ..errors import ConfigError
 import numpy as np, pandas as pd, pyarrow as pa
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['connect', 'LatestState', 'latest', 'device', 'window', 'prune', 'warm', 'StateUpdater']
+__all__ = ['connect', 'LatestState', 'StateUpdater']
 
 # %% ../../nbs/ingest/02_state.ipynb #91a58019
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS latest (device_id TEXT NOT NULL, sensor TEXT NOT NULL, ts INTEGER NOT NULL, value REAL,
   arrival INTEGER NOT NULL, PRIMARY KEY (device_id, sensor)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS seen (device_id TEXT PRIMARY KEY, arrival INTEGER NOT NULL, ts INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS buckets (device_id TEXT NOT NULL, sensor TEXT NOT NULL, ts INTEGER NOT NULL, n INTEGER, s REAL, ss REAL,
-  mn REAL, mx REAL, PRIMARY KEY (device_id, sensor, ts)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS readings (device_id TEXT NOT NULL, sensor TEXT NOT NULL, ts INTEGER NOT NULL, value REAL NOT NULL,
-  arrival INTEGER NOT NULL, PRIMARY KEY (device_id, sensor, ts)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (device_id TEXT PRIMARY KEY, arrival INTEGER NOT NULL, ts INTEGER NOT NULL)
+  WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS buckets (device_id TEXT NOT NULL, sensor TEXT NOT NULL, ts INTEGER NOT NULL, n INTEGER,
+  s REAL, ss REAL, mn REAL, mx REAL, PRIMARY KEY (device_id, sensor, ts)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS readings (device_id TEXT NOT NULL, sensor TEXT NOT NULL, ts INTEGER NOT NULL,
+  value REAL NOT NULL, arrival INTEGER NOT NULL, PRIMARY KEY (device_id, sensor, ts)) WITHOUT ROWID;
 """
 _UPSERT_LATEST = """INSERT INTO latest VALUES (?,?,?,?,?) ON CONFLICT(device_id, sensor) DO UPDATE SET
   ts=excluded.ts, value=excluded.value, arrival=excluded.arrival
@@ -32,14 +35,21 @@ _UPSERT_BUCKET = """INSERT INTO buckets VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(dev
 _UPSERT_READING = """INSERT INTO readings VALUES (?,?,?,?,?) ON CONFLICT(device_id, sensor, ts) DO UPDATE SET
   value=excluded.value, arrival=excluded.arrival"""
 
-def _us(t) -> int: return pd.Timestamp(t).tz_localize('UTC').value // 1000 if pd.Timestamp(t).tzinfo is None else pd.Timestamp(t).value // 1000
+def _us(t) -> int:
+    "Time `t` (naive: UTC) in microseconds since the epoch."
+    t = pd.Timestamp(t)
+    return (t.tz_localize('UTC') if t.tzinfo is None else t).value // 1000
 def _ts(us) -> pd.Series: return pd.to_datetime(pd.Series(us, dtype='int64'), unit='us', utc=True)
 
 def connect(path:Path|str) -> sqlite3.Connection:
     "A connection to the state database at `path` (created with its tables, WAL mode)."
-    Path(path).parent.mkdir(mode=0o750, parents=True, exist_ok=True); Path(path).touch(mode=0o640); private(path, 0o640)   # before SQLite opens it: -wal/-shm take its mode
+    Path(path).parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    Path(path).touch(mode=0o640)
+    private(path, 0o640)   # before SQLite opens it: -wal/-shm take its mode
     con = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-    con.execute('PRAGMA journal_mode=WAL'); con.execute('PRAGMA synchronous=NORMAL'); con.execute('PRAGMA busy_timeout=30000')
+    con.execute('PRAGMA journal_mode=WAL')
+    con.execute('PRAGMA synchronous=NORMAL')
+    con.execute('PRAGMA busy_timeout=30000')
     con.executescript(_SCHEMA)
     return con
 
@@ -50,38 +60,47 @@ class LatestState:
                  stale_after:float=300,           # a device silent this many seconds is 'stale'
                  bucket:str='1h',                 # interval of the online-feature buckets
                  window:str='7D',                 # buckets older than this (behind the newest) are pruned
-                 dedupe:str='1D'):                # readings this far behind their sensor's newest are kept by time, so a re-sent one replaces
+                 dedupe:str='1D'):                # readings this far behind their sensor's newest are kept by time,
+                                                  # so a re-sent one replaces
         self.path, self.stale_after = Path(path), stale_after
         self.bucket_us, self.window_us = pd.Timedelta(bucket).value // 1000, pd.Timedelta(window).value // 1000
         self.dedupe_us = pd.Timedelta(dedupe).value // 1000
-        self.con = connect(self.path); self._lock = threading.Lock()
+        self.con = connect(self.path)
+        self._lock = threading.Lock()
 
     def update(self, table:pa.Table, arrival=None) -> int:
-        "Fold readings (long form; `arrival_ts` column or `arrival`, default now) in, the last arrival of each time winning; returns the rows written."
+        """Fold readings (long form; `arrival_ts` column or `arrival`, default now) in, the last arrival of each time
+        winning; returns the rows written."""
         new = _last_arrivals(table, arrival)
         if not new: return 0
         with self._lock:
             self.con.execute('BEGIN IMMEDIATE')
             try: n = self._fold(new)
-            except BaseException: self.con.execute('ROLLBACK'); raise
+            except BaseException:
+                self.con.execute('ROLLBACK')
+                raise
             self.con.execute('COMMIT')
         return n
 
 # %% ../../nbs/ingest/02_state.ipynb #a7e1c0df
 def _last_arrivals(table:pa.Table, arrival=None) -> dict:
-    "(device_id, sensor, ts in us) -> (value, arrival in us) of `table`: one per key, the last arrival (then the last row) wins."
+    """(device_id, sensor, ts in us) -> (value, arrival in us) of `table`: one per key, the last arrival (then the last
+    row) wins."""
     if not table.num_rows: return {}
     us = lambda c: c.cast(pa.timestamp('us', c.type.tz), safe=False).cast(pa.int64()).to_pylist()
     arr = (us(table['arrival_ts']) if 'arrival_ts' in table.column_names
            else [_us(arrival if arrival is not None else pd.Timestamp.now(tz='UTC'))] * table.num_rows)
     out = {}
-    for d, s, t, v, a in zip(table['device_id'].to_pylist(), table['sensor'].to_pylist(), us(table['ts']), table['value'].to_pylist(), arr):
+    cols = table['device_id'].to_pylist(), table['sensor'].to_pylist(), us(table['ts']), table['value'].to_pylist(), arr
+    for d, s, t, v, a in zip(*cols):
         old = out.get((d, s, t))
         if v is not None and v == v and (old is None or a >= old[1]): out[d, s, t] = (v, a)   # None or NaN: no reading
     return out
 
+@patch
 def _stored(self:LatestState, new:dict) -> tuple[dict, dict]:
-    "Stored readings at the keys of `new`, and each (device, sensor)'s newest ts; only a ts at or before the newest can be stored."
+    """Stored readings at the keys of `new`, and each (device, sensor)'s newest ts; only a ts at or before the newest
+    can be stored."""
     devs, newest = sorted({k[0] for k in new}), {}
     for i in range(0, len(devs), 500):
         part = devs[i:i + 500]
@@ -90,13 +109,14 @@ def _stored(self:LatestState, new:dict) -> tuple[dict, dict]:
     span = {}
     for d, s, t in new:
         if t <= newest.get((d, s), -1 << 62):
-            lo, hi = span.get((d, s), (t, t)); span[d, s] = (min(lo, t), max(hi, t))
+            lo, hi = span.get((d, s), (t, t))
+            span[d, s] = (min(lo, t), max(hi, t))
     q, stored = "SELECT ts, value, arrival FROM readings WHERE device_id=? AND sensor=? AND ts BETWEEN ? AND ?", {}
     for (d, s), (lo, hi) in span.items():
         stored.update(((d, s, t), (v, a)) for t, v, a in self.con.execute(q, (d, s, lo, hi)))
     return stored, newest
-LatestState._stored = _stored
 
+@patch
 def _changes(self:LatestState, new:dict, stored:dict) -> tuple[dict, list, set]:
     """Bucket deltas [n, sum, sum of squares, min, max] of the readings that change something, those readings, and the
     buckets where a value was replaced (their min and max may be stale). A stored reading stays when the new one arrived
@@ -105,18 +125,27 @@ def _changes(self:LatestState, new:dict, stored:dict) -> tuple[dict, list, set]:
     for (d, s, t), (v, a) in new.items():
         old = stored.get((d, s, t))
         if old is not None and (a < old[1] or v == old[0]): continue
-        b = (d, s, t - t % self.bucket_us); x = deltas.get(b)
+        b = (d, s, t - t % self.bucket_us)
+        x = deltas.get(b)
         if x is None: x = deltas[b] = [0, 0.0, 0.0, v, v]
-        if old is None: x[0] += 1; x[1] += v; x[2] += v * v
-        else: x[1] += v - old[0]; x[2] += v * v - old[0] * old[0]; replaced.add(b)
+        if old is None:
+            x[0] += 1
+            x[1] += v
+            x[2] += v * v
+        else:
+            x[1] += v - old[0]
+            x[2] += v * v - old[0] * old[0]
+            replaced.add(b)
         if v < x[3]: x[3] = v
         if v > x[4]: x[4] = v
         changed.append((d, s, t, v, a))
     return deltas, changed, replaced
-LatestState._changes = _changes
 
-_BUCKET_READINGS = "SELECT count(*), sum(value), sum(value * value), min(value), max(value) FROM readings WHERE device_id=? AND sensor=? AND ts>=? AND ts<?"
+_BUCKET_READINGS = """SELECT count(*), sum(value), sum(value * value), min(value), max(value) FROM readings
+  WHERE device_id=? AND sensor=? AND ts>=? AND ts<?"""
+_REBUILD_BUCKET = "UPDATE buckets SET s=?, ss=?, mn=?, mx=? WHERE device_id=? AND sensor=? AND ts=? AND n=?"
 
+@patch
 def _fold(self:LatestState, new:dict) -> int:
     "Write `new` (from `_last_arrivals`) into latest, seen, buckets and readings; call inside a transaction."
     stored, newest = self._stored(new)
@@ -124,39 +153,44 @@ def _fold(self:LatestState, new:dict) -> int:
     top, seen = {}, {}
     for (d, s, t), (v, a) in new.items():
         if t > top.get((d, s), (0, 0, -1 << 62))[2]: top[d, s] = (d, s, t, v, a)
-        sa, st = seen.get(d, (a, t)); seen[d] = (max(sa, a), max(st, t))
+        sa, st = seen.get(d, (a, t))
+        seen[d] = (max(sa, a), max(st, t))
     cut = {p: max(r[2], newest.get(p, r[2])) - self.dedupe_us for p, r in top.items()}
     con = self.con
     con.executemany(_UPSERT_LATEST, top.values())
     con.executemany(_UPSERT_SEEN, [(d, a, t) for d, (a, t) in seen.items()])
     con.executemany(_UPSERT_BUCKET, [(*b, *x) for b, x in deltas.items()])
     con.executemany(_UPSERT_READING, [r for r in changed if r[2] >= cut[r[0], r[1]]])
-    for d, s, b in replaced:   # rebuilt from its readings when they are the whole bucket (not pruned, not warmed from the lake)
+    for d, s, b in replaced:   # rebuilt from its readings when they are the whole bucket (not pruned, not warmed)
         n, *agg = con.execute(_BUCKET_READINGS, (d, s, b, b + self.bucket_us)).fetchone()
-        con.execute("UPDATE buckets SET s=?, ss=?, mn=?, mx=? WHERE device_id=? AND sensor=? AND ts=? AND n=?", (*agg, d, s, b, n))
+        con.execute(_REBUILD_BUCKET, (*agg, d, s, b, n))
     con.executemany("DELETE FROM readings WHERE device_id=? AND sensor=? AND ts<?", [(*p, c) for p, c in cut.items()])
     return len(top) + len(seen) + len(deltas)
-LatestState._fold = _fold
 
 # %% ../../nbs/ingest/02_state.ipynb #4312a9cd
+@patch
 def _status(self:LatestState, arrival_us:pd.Series, now=None) -> pd.Series:
     now_us = _us(now if now is not None else pd.Timestamp.now(tz='UTC'))
     return np.where(now_us - arrival_us.astype('int64') <= self.stale_after * 1e6, 'online', 'stale')
-LatestState._status = _status
 
+@patch
 def latest(self:LatestState, devices:list[str]|None=None, sensor:str|None=None, now=None) -> pd.DataFrame:
     "Newest value per device and sensor: device_id, sensor, ts, value, arrival, status."
     q, args = "SELECT l.device_id, l.sensor, l.ts, l.value, s.arrival FROM latest l JOIN seen s USING (device_id)", []
     conds = []
-    if sensor: conds.append("l.sensor = ?"); args.append(sensor)
-    if devices is not None: conds.append(f"l.device_id IN ({','.join('?' * len(devices))})"); args += list(devices)
+    if sensor:
+        conds.append("l.sensor = ?")
+        args.append(sensor)
+    if devices is not None:
+        conds.append(f"l.device_id IN ({','.join('?' * len(devices))})")
+        args += list(devices)
     if conds: q += " WHERE " + " AND ".join(conds)
     df = pd.read_sql_query(q + " ORDER BY l.device_id, l.sensor", self.con, params=args)
     df['status'] = self._status(df['arrival'], now)
     df['ts'], df['arrival'] = _ts(df['ts']), _ts(df['arrival'])
     return df
-LatestState.latest = latest
 
+@patch
 def device(self:LatestState, device_id:str, now=None) -> dict|None:
     "One device: last seen, status, and its sensors' newest values; None if never heard from."
     row = self.con.execute("SELECT arrival, ts FROM seen WHERE device_id=?", (device_id,)).fetchone()
@@ -165,42 +199,53 @@ def device(self:LatestState, device_id:str, now=None) -> dict|None:
     return dict(device_id=device_id, last_seen=_ts([row[0]])[0].isoformat(), last_ts=_ts([row[1]])[0].isoformat(),
                 status=str(self._status(pd.Series([row[0]]), now)[0]),
                 sensors={r.sensor: dict(ts=r.ts.isoformat(), value=r.value) for r in l.itertuples()})
-LatestState.device = device
 
 # %% ../../nbs/ingest/02_state.ipynb #e47899de
+@patch
 def window(self:LatestState, device_id:str|list[str], start=None) -> pd.DataFrame:
-    "Interval aggregates (device_id, ts, sensor, mean, std, min, max, count) from the buckets, as `Lake.aggregate` gives them."
+    "Interval aggregates (device_id, ts, sensor, mean, std, min, max, count) from the buckets, as `Lake.aggregate`."
     ids = [device_id] if isinstance(device_id, str) else list(device_id)
     q = f"SELECT device_id, sensor, ts, n, s, ss, mn, mx FROM buckets WHERE device_id IN ({','.join('?' * len(ids))})"
     args = ids
-    if start is not None: q += " AND ts >= ?"; args = ids + [_us(start)]
+    if start is not None:
+        q += " AND ts >= ?"
+        args = ids + [_us(start)]
     b = pd.read_sql_query(q + " ORDER BY device_id, sensor, ts", self.con, params=args)
     var = (b['ss'] - b['s'] ** 2 / b['n']) / (b['n'] - 1).where(b['n'] > 1)
-    return pd.DataFrame({'device_id': b['device_id'], 'ts': _ts(b['ts']), 'sensor': b['sensor'], 'mean': b['s'] / b['n'],
-                         'std': np.sqrt(var.clip(lower=0)), 'min': b['mn'], 'max': b['mx'], 'count': b['n']})
-LatestState.window = window
+    return pd.DataFrame({'device_id': b['device_id'], 'ts': _ts(b['ts']), 'sensor': b['sensor'],
+                         'mean': b['s'] / b['n'], 'std': np.sqrt(var.clip(lower=0)),
+                         'min': b['mn'], 'max': b['mx'], 'count': b['n']})
 
+@patch
 def prune(self:LatestState) -> int:
     "Drop buckets older than the window behind each device's newest; returns the buckets dropped."
     with self._lock:
-        return self.con.execute("""DELETE FROM buckets WHERE ts < (SELECT s.ts FROM seen s WHERE s.device_id = buckets.device_id) - ?""",
-                                (self.window_us,)).rowcount
-LatestState.prune = prune
+        q = "DELETE FROM buckets WHERE ts < (SELECT s.ts FROM seen s WHERE s.device_id = buckets.device_id) - ?"
+        return self.con.execute(q, (self.window_us,)).rowcount
 
 # %% ../../nbs/ingest/02_state.ipynb #a3ddf825
+@patch
 def warm(self:LatestState, agg:pd.DataFrame) -> int:
-    "Add buckets from interval aggregates (device_id, ts, sensor, mean, std, min, max, count) where none exist; returns buckets added."
+    """Add buckets from interval aggregates (device_id, ts, sensor, mean, std, min, max, count) where none exist;
+    returns the buckets added."""
     if agg.empty: return 0
     ts = pd.to_datetime(agg['ts'], utc=True).astype('datetime64[us, UTC]').astype('int64').to_numpy()
-    if (ts % self.bucket_us).any(): raise ValueError("the aggregates' intervals do not match the state's bucket; aggregate with every = [ingest] bucket")
-    n = agg['count'].to_numpy('float64'); m = agg['mean'].to_numpy('float64'); sd = np.nan_to_num(agg['std'].to_numpy('float64'))
+    if (ts % self.bucket_us).any():
+        raise ConfigError("the aggregates' intervals do not match the state's bucket; "
+                          "aggregate with every = [ingest] bucket")
+
+    n = agg['count'].to_numpy('float64')
+    m = agg['mean'].to_numpy('float64')
+    sd = np.nan_to_num(agg['std'].to_numpy('float64'))
+    ss = sd ** 2 * (n - 1) + n * m ** 2   # sum of squares back from the std
     rows = list(zip(agg['device_id'], agg['sensor'], ts.tolist(), n.astype('int64').tolist(), (m * n).tolist(),
-                    (sd ** 2 * (n - 1) + n * m ** 2).tolist(), agg['min'].astype('float64').tolist(), agg['max'].astype('float64').tolist()))
+                    ss.tolist(), agg['min'].astype('float64').tolist(), agg['max'].astype('float64').tolist()))
     with self._lock:
         before = self.con.total_changes
-        self.con.execute('BEGIN'); self.con.executemany("INSERT OR IGNORE INTO buckets VALUES (?,?,?,?,?,?,?,?)", rows); self.con.execute('COMMIT')
+        self.con.execute('BEGIN')
+        self.con.executemany("INSERT OR IGNORE INTO buckets VALUES (?,?,?,?,?,?,?,?)", rows)
+        self.con.execute('COMMIT')
         return self.con.total_changes - before
-LatestState.warm = warm
 
 # %% ../../nbs/ingest/02_state.ipynb #fbf35755
 class StateUpdater:
@@ -208,7 +253,8 @@ class StateUpdater:
     def __init__(self, state:LatestState, max_queue:int=10_000):
         self.state, self.q = state, queue.Queue(max_queue)
         self.updated, self.errors = 0, 0
-        self._t = threading.Thread(target=self._run, name='state-updater', daemon=True); self._t.start()
+        self._t = threading.Thread(target=self._run, name='state-updater', daemon=True)
+        self._t.start()
 
     def put(self, table:pa.Table) -> None:
         "Queue a batch; if the queue is full the batch is dropped from latest state (never from the lake) and counted."
@@ -223,11 +269,16 @@ class StateUpdater:
             while True:
                 try: nxt = self.q.get_nowait()
                 except queue.Empty: break
-                if nxt is None: self.q.put(None); break
+                if nxt is None:
+                    self.q.put(None)
+                    break
                 batch.append(nxt)
-            try: self.state.update(pa.concat_tables(batch, promote_options='default')); self.updated += sum(b.num_rows for b in batch)
+            try:
+                self.state.update(pa.concat_tables(batch, promote_options='default'))
+                self.updated += sum(b.num_rows for b in batch)
             except Exception: self.errors += 1
 
     def close(self, timeout:float=10) -> None:
         "Apply what is queued, then stop."
-        self.q.put(None); self._t.join(timeout)
+        self.q.put(None)
+        self._t.join(timeout)
