@@ -8,7 +8,7 @@ Modules:
 - `iot2ml.serve.mqtt`: The MQTT face of iot2ml: `iot2ml mqtt` subscribes to a broker and stores what devices publish.
 - `iot2ml.serve.runtime`: The ingestion service core shared by the HTTP API and the MQTT ingester.
 - `iot2ml.serve.scoring`: The champion model on the live stream: `Champion` (the registry's champion bundle, hot-reloaded), `Predictor` (feature rows or device ids -> risk, alert, RUL, anomaly, with caches) and `Scorer` (scores the devices heard from in batches, in a background thread, into the lake and latest state).
-- `iot2ml.sim.live`: Live fleet: stream simulated pumps in real time over MQTT or HTTP (`iot2ml simulate --live`), for demos and load tests."""
+- `iot2ml.sim.live`: Live fleet: stream simulated pumps in real time over MQTT or HTTP (`iot2ml stream`), for demos and load tests."""
 
 __version__ = "0.1.0"
 

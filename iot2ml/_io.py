@@ -34,8 +34,10 @@ def atomic_path(dest:Path|str,     # the file to write
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        if mode is not None:   # created with its mode before the first byte: a secret is never readable by others
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
         yield tmp
-        if mode is not None: os.chmod(tmp, mode)
+        if mode is not None: os.chmod(tmp, mode)   # (the umask may have taken bits from `mode`)
         if fsync: fsync_file(tmp)
         os.replace(tmp, dest)
         if fsync: fsync_dir(dest.parent)

@@ -20,7 +20,7 @@ def run(cmd, cwd, check=True, env=None, timeout=600):
 # a DVC pipeline. They are marked here by the fixtures they use (and by `pytest.mark.slow` in the test files).
 E2E_FIXTURES = {'server', 'fleet', 'strict', 'served', 'mqtt_broker', 'make_server', 'tiny_project', 'small_champion',
                 'lab'}
-E2E_FILES = {'test_live.py', 'test_state_files.py', 'test_figures.py', 'test_lab.py', 'test_make_lab.py'}
+E2E_FILES = {'test_live.py', 'test_runtime.py', 'test_figures.py', 'test_lab.py', 'test_make_lab.py'}
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
@@ -88,7 +88,7 @@ def small_champion(tmp_path_factory) -> Path:
     expected = json.loads((ws['prepared_dir']/'summary.json').read_text())['expected_per_interval']
     return bundle_with_spec(ws['model_dir'], tmp_path_factory.mktemp('champion')/'model', expected)
 
-# -- a real Mosquitto (tests/mqtt_broker.py), for test_registry.py and test_mqtt.py ------------------------------------
+# -- a real Mosquitto (tests/mqtt_broker.py), for test_devices.py and test_mqtt.py ------------------------------------
 
 @pytest.fixture(scope='session')
 def mosquitto():

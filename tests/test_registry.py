@@ -1,331 +1,209 @@
-"Device registry and credentials: tokens shown once and stored hashed, authentication, the CLI, and a real Mosquitto."
-import json, shutil, stat, subprocess, threading, time, uuid
-from datetime import timedelta
-
-import click, pytest
-import paho.mqtt.client as mqtt
+"""The model registry on real files and processes: versions and cards, lineage from a real git repository, aliases,
+history and rollback, writers in several processes at once with readers watching, the models CLI; drift (PSI, KS) and
+the scheduler loop on a simulated clock."""
+import json, multiprocessing as mp, subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+import numpy as np, pandas as pd, pytest
 from click.testing import CliRunner
-from helpers import wait_for
+from iot2ml.cli.main import cli
+from iot2ml.config import JobSettings, SchedulerSettings, Settings
+from iot2ml.ml.registry import ModelRegistry, RegistryError, project_lineage, sha256_file
+from iot2ml.ml.retrain import Scheduler, drift_report, gate, psi
 
-from iot2ml.cli.devices import broker_config, devices
-from iot2ml.ingest.devices import (INGEST_USER, AuthError, Registry, RegistryError, authenticate, hash_token,
-                                   ingest_password,
-                             mosquitto_hash, mosquitto_verify, utcnow, write_broker_config)
+def bundle(d:Path, blob:bytes, extra:bool=False) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d/'model.joblib').write_bytes(blob)
+    (d/'model.json').write_text(json.dumps(dict(features=['a', 'b'], info=dict(start='2026-01-01 00:00:00+00:00',
+                                                                               end='2026-01-09 00:00:00+00:00'))))
+    if extra: (d/'detector.bin').write_bytes(b'x' * 10)
+    return d
 
-# -- the registry and authenticate ----------------------------------------------------------------------------------
+def test_register_copies_bundle_with_card(tmp_path):
+    reg = ModelRegistry(tmp_path/'reg')
+    v = reg.register(bundle(tmp_path/'b', b'one', extra=True), run_id='r1', metrics={'model': {'pr_auc': 0.5}})
+    assert v == 'v1' and reg.versions() == ['v1']
+    c = reg.card('v1')
+    files = ('detector.bin', 'model.joblib', 'model.json')
+    assert {a['file']: a['sha256'] for a in c['artifacts']} == {f: sha256_file(tmp_path/'b'/f) for f in files}
+    assert c['training_window'] == {'start': '2026-01-01 00:00:00+00:00', 'end': '2026-01-09 00:00:00+00:00'}
+    assert c['features'] == ['a', 'b']
+    assert c['run_id'] == 'r1'
+    assert c['metrics'] == {'run': {'model': {'pr_auc': 0.5}}, 'holdout': None}
+    assert (reg.path('v1')/'detector.bin').read_bytes() == b'x' * 10
+    assert reg.find(tmp_path/'b') == 'v1' and reg.find(bundle(tmp_path/'c', b'two')) is None
+    # numbers are never reused, even when a version folder is removed by hand
+    import shutil
+    reg.register(tmp_path/'c')
+    shutil.rmtree(reg.path('v2'))
+    assert reg.register(tmp_path/'c') == 'v3'
+    with pytest.raises(RegistryError, match='is not a model bundle'): reg.register(tmp_path/'empty')
 
-@pytest.fixture
-def reg(tmp_path): return Registry(tmp_path/'registry.sqlite')
+def test_lineage_from_a_real_git_repository(tmp_path):
+    d = tmp_path/'p'
+    d.mkdir()
+    (d/'params.yaml').write_text('train:\n  max_iter: 5\n')
+    (d/'data.dvc').write_text('outs:\n- md5: abc123.dir\n  path: data\n')
+    sh = lambda c: subprocess.run(c, shell=True, cwd=d, check=True, capture_output=True)
+    sh('git init -q && git config user.email t@t && git config user.name t && git add -A && git commit -qm init')
+    lin = project_lineage(d)
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=d, capture_output=True, text=True).stdout.strip()
+    assert lin['git'] == {'commit': head, 'dirty': False, 'changed': []}
+    assert lin['data']['md5'] == 'abc123.dir' and lin['params'] == {'train': {'max_iter': 5}}
+    (d/'data.dvc').write_text('outs:\n- md5: def456.dir\n  path: data\n')          # a new snapshot is not "dirty"
+    lin = project_lineage(d)
+    assert lin['git']['dirty'] is False and lin['git']['changed'] == ['data.dvc'] and lin['data']['md5'] == 'def456.dir'
+    (d/'params.yaml').write_text('train:\n  max_iter: 6\n')
+    assert project_lineage(d)['git']['dirty'] is True
 
-def auth_error(reg, token) -> tuple[int, str]:
-    with pytest.raises(AuthError) as e: authenticate(reg, token)
-    return e.value.status, e.value.message
+def test_aliases_history_rollback(tmp_path):
+    reg = ModelRegistry(tmp_path/'reg')
+    for i in range(3): reg.register(bundle(tmp_path/f'b{i}', bytes([i])))
+    assert reg.champion() is None and reg.champion_token() == 0
+    with pytest.raises(RegistryError, match='no champion to roll back'): reg.rollback()
+    reg.promote('v1', reason='first', by='alice')
+    reg.promote('v2', by='gate: pr_auc')
+    reg.promote('v3', by='gate: pr_auc')
+    reg.promote('v1', alias='challenger')
+    assert reg.champion() == ('v3', reg.root/'versions'/'v3') and reg.champion_token() == 3
+    assert reg.rollback()['to'] == 'v2' and reg.rollback(reason='v2 too')['to'] == 'v1'
+    with pytest.raises(RegistryError, match='is the champion already'): reg.rollback(to='v1')
+    with pytest.raises(RegistryError, match="no model version 'v9'"): reg.rollback(to='v9')
+    with pytest.raises(RegistryError, match="unknown alias 'best'"): reg.promote('v1', alias='best')
+    h = reg.history()
+    assert [(e['action'], e['alias'], e['from'], e['to']) for e in h] == [
+        ('promote', 'champion', None, 'v1'), ('promote', 'champion', 'v1', 'v2'), ('promote', 'champion', 'v2', 'v3'),
+        ('promote', 'challenger', None, 'v1'),
+        ('rollback', 'champion', 'v3', 'v2'), ('rollback', 'champion', 'v2', 'v1')]
+    assert h[0]['by'] == 'alice' and h[-1]['why'] == 'v2 too' and all(e['when'].endswith('+00:00') for e in h)
+    assert reg.champion_token() == 5
 
-def test_token_is_stored_hashed_only(reg, tmp_path):
-    tokens = [reg.add('pump-0001').token, reg.add('gw-01', kind='gateway').token, reg.add_admin('alice').token,
-              reg.rotate('pump-0001').token]
-    blob = b''.join(f.read_bytes() for f in tmp_path.glob('registry.sqlite*'))   # the db, its WAL and shm
-    for t in tokens:
-        assert t.startswith('i2m_') and len(t) == 47
-        assert t.encode() not in blob and t[4:].encode() not in blob
-        assert hash_token(t).encode() in blob
+def _writer(root, k, n):
+    reg = ModelRegistry(root)
+    for i in range(n):
+        d = Path(root).parent/f'b-{k}-{i}'
+        bundle(d, f'{k}-{i}'.encode())
+        reg.promote(reg.register(d), reason=f'writer {k}', by=f'w{k}')
 
-def test_authenticate_ok_unknown_expired_revoked(reg):
-    dev, adm = reg.add('pump-0001', expires_in='1h'), reg.add_admin('alice')
-    p = authenticate(reg, dev.token)
-    assert (p.subject, p.role, p.devices) == ('pump-0001', 'device', frozenset({'pump-0001'}))
-    assert authenticate(reg, adm.token).devices is None
-    assert auth_error(reg, None) == (401, "no token; send one as 'Authorization: Bearer <token>' (an admin issues it "
-                                          "with iot2ml devices add)")
-    assert auth_error(reg, 'i2m_' + 'x' * 43) == (401, "unknown token; ask an admin for a token (iot2ml devices add, "
-                                                       "or rotate-token for a lost one)")
-    later = Registry(reg.path, now=lambda: utcnow() + timedelta(hours=2))
-    status, msg = auth_error(later, dev.token)
-    assert status == 401 and msg == (f"token for pump-0001 expired at {dev.expires}; ask an admin for a new one "
-                                     f"(iot2ml devices rotate-token pump-0001)")
-    reg.revoke('pump-0001')
-    assert auth_error(reg, dev.token) == (403, "device pump-0001 is revoked; its tokens no longer work")
-    reg.revoke('alice')
-    assert auth_error(reg, adm.token) == (403, "token for alice was revoked; ask an admin for a new one (iot2ml "
-                                               "devices rotate-token alice)")
-
-def test_rotate_invalidates_the_old_token(reg):
-    old = reg.add('pump-0001')
-    new = reg.rotate('pump-0001', expires_in='30d')
-    assert auth_error(reg, old.token) == (403, "token for pump-0001 was revoked; ask an admin for a new one (iot2ml "
-                                               "devices rotate-token pump-0001)")
-    assert authenticate(reg, new.token).subject == 'pump-0001'
-    assert [t['status'] for t in reg.tokens('pump-0001')] == ['revoked', 'active']
-
-def test_gateway_writes_only_its_devices(reg):
-    gw = reg.add('gw-01', kind='gateway')
-    for d in ('pump-0001', 'pump-0002'): reg.add(d, gateway_id='gw-01')
-    reg.add('pump-0003')
-    p = authenticate(reg, gw.token)
-    assert p.devices == frozenset({'pump-0001', 'pump-0002'})
-    p.check_write('pump-0001')
-    with pytest.raises(AuthError) as e: p.check_write('pump-0003')
-    assert (e.value.status, e.value.message) == (403, "token for gw-01 may not write readings of pump-0003")
-    d = authenticate(reg, reg.rotate('pump-0002').token)
-    assert d.may_write('pump-0002') and not d.may_write('pump-0001')
-    reg.revoke('pump-0002')
-    assert authenticate(reg, gw.token).devices == frozenset({'pump-0001'})
-
-def test_registry_errors_say_what_to_do(reg):
-    reg.add('pump-0001')
-    cases = {lambda: reg.add('pump-0001'): "device pump-0001 is already registered; for a new token run: iot2ml "
-                                           "devices rotate-token pump-0001",
-             lambda: reg.add('pump-0002', gateway_id='gw-9'): "gateway gw-9 is not registered; add it first: iot2ml "
-                                                              "devices add gw-9 --kind gateway",
-             lambda: reg.add('pump-0002', gateway_id='pump-0001'): "pump-0001 is a device, not a gateway; pass a "
-                                                                   "gateway's id to --gateway",
-             lambda: reg.add(INGEST_USER): "device id 'iot2ml-ingest' is reserved for the MQTT ingester; pick another",
-             lambda: reg.add_admin('pump-0001'): "pump-0001 is a registered device; pick another admin name",
-             lambda: reg.revoke('pump-001'): f"pump-001 is not in the registry at {reg.path} (did you mean "
-                                             f"pump-0001?); see them all with: iot2ml devices list"}
-    for f, msg in cases.items():
-        with pytest.raises(RegistryError) as e: f()
-        assert str(e.value) == msg
-    reg.revoke('pump-0001')
-    with pytest.raises(RegistryError, match=r"^device pump-0001 was revoked on .*; ids are not reused, pick another$"):
-        reg.add('pump-0001')
-
-def test_revocation_reaches_another_process_within_the_cache_ttl(reg):
-    tok = reg.add('pump-0001').token
-    other = Registry(reg.path, cache_ttl=0.3)   # another worker on the same file, with its own cache
-    assert authenticate(other, tok).subject == 'pump-0001'
-    reg.revoke('pump-0001')
-    def refused():
+def _reader(root, stop, bad):
+    reg = ModelRegistry(root)
+    while not stop.is_set():
         try:
-            authenticate(other, tok)
-            return False
-        except AuthError as e: return e.status == 403
-    assert wait_for(refused, timeout=10)   # once its cached answer expires
+            st = json.loads((Path(root)/'aliases.json').read_text()) if (Path(root)/'aliases.json').exists() else None
+            if st and st['aliases'].get('champion'): reg.card(st['aliases']['champion'])
+            reg.history()
+        except Exception as e:
+            bad.put(repr(e))
+            return
 
-def test_authenticate_is_fast(reg):
-    toks = [reg.add(f'pump-{i:04d}').token for i in range(100)]
-    cold = Registry(reg.path, cache_ttl=0)
-    t = time.perf_counter()
-    for tok in toks * 10: authenticate(cold, tok)                # one indexed lookup each
-    uncached = (time.perf_counter() - t) / 1000
-    t = time.perf_counter()
-    for tok in toks * 100: authenticate(reg, tok)
-    cached = (time.perf_counter() - t) / 10_000
-    assert uncached < 1e-3 and cached < 1e-4, (uncached, cached)
+def test_concurrent_writers_and_readers(tmp_path):
+    root = tmp_path/'reg'
+    ctx = mp.get_context('fork')
+    stop, bad = ctx.Event(), ctx.Queue()
+    readers = [ctx.Process(target=_reader, args=(root, stop, bad)) for _ in range(2)]
+    writers = [ctx.Process(target=_writer, args=(root, k, 6)) for k in range(3)]
+    for p in readers + writers: p.start()
+    for p in writers:
+        p.join(120)
+        assert p.exitcode == 0
+    stop.set()
+    for p in readers: p.join(30)
+    assert bad.empty(), bad.get()
+    reg = ModelRegistry(root)
+    assert reg.versions() == [f'v{i}' for i in range(1, 19)]                # every version, none lost or doubled
+    h = reg.history()
+    assert len(h) == 18 and reg.champion_token() == 18 and reg.champion()[0] == h[-1]['to']
+    assert [e['from'] for e in h[1:]] == [e['to'] for e in h[:-1]]           # each promotion saw the one before it
+    assert not list(root.glob('**/.*.tmp')) and not [p for p in (root/'versions').iterdir() if p.name.startswith('.')]
 
-def test_concurrent_writers_wait_instead_of_failing(tmp_path):
-    def work(k):
-        r = Registry(tmp_path/'registry.sqlite')
-        for i in range(20): r.add(f'pump-{k}-{i:02d}')
-    ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in ts: t.start()
-    for t in ts: t.join()
-    assert len(Registry(tmp_path/'registry.sqlite').devices()) == 80
-
-def test_mosquitto_hash_format(tmp_path, mosquitto):
-    h = mosquitto_hash('i2m_secret', salt=bytes(range(12)))
-    assert h == mosquitto_hash('i2m_secret', salt=bytes(range(12))) and h.startswith('$7$101$AAECAwQFBgcICQoL$')
-    assert mosquitto_verify('i2m_secret', h) and not mosquitto_verify('i2m_other', h)
-    # mosquitto_passwd's own hash, checked with our verifier: the same format both ways
-    exe = shutil.which('mosquitto_passwd') or '/usr/bin/mosquitto_passwd'   # comes with the mosquitto package
-    subprocess.run([exe, '-c', '-b', str(tmp_path/'pw'), 'pump-0001', 'i2m_secret'], check=True, capture_output=True)
-    user, theirs = (tmp_path/'pw').read_text().strip().split(':')
-    assert user == 'pump-0001' and theirs.startswith('$7$101$') and mosquitto_verify('i2m_secret', theirs)
-
-# -- the CLI -----------------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    "Run `iot2ml devices ...` / `iot2ml broker-config` with the project's state in tmp_path."
+def test_models_cli(tmp_path, monkeypatch):
+    (tmp_path/'iot2ml.toml').write_text('[simulate]\npumps = 2\n')
     monkeypatch.chdir(tmp_path)
-    (tmp_path/'iot2ml.toml').write_text('')
-    group = click.Group('iot2ml', commands={'devices': devices, 'broker-config': broker_config})
-    return lambda *args: CliRunner().invoke(group, [str(a) for a in args])
+    reg = ModelRegistry(tmp_path/'state'/'registry')
+    for i in range(2):
+        reg.register(bundle(tmp_path/f'b{i}', bytes([i])), f'run-{i}',
+                     dict(git=dict(commit='0123456789abcdef', dirty=False), data=dict(md5='feedbeef00112233.dir')),
+                     {'model': {'pr_auc': 0.6 + i / 10}})
+    inv = lambda *a: CliRunner().invoke(cli, list(a))
+    r = inv('models', 'list')
+    assert r.exit_code == 0
+    assert r.output.splitlines()[0].split() == ['version', 'created', 'aliases', 'metric', 'test', 'holdout', 'data',
+                                                'commit']
+    assert r.output.splitlines()[2].split()[2:] == ['-', 'pr_auc', '0.700', '-', 'feedbeef00', '01234567']
+    assert inv('models', 'promote', 'v2').exit_code == 2                       # --reason is required
+    assert inv('models', 'promote', 'v2', '--reason', 'good', '--by',
+               'carol').output == "v2 is now champion (was none).\n"
+    assert json.loads(inv('models', 'show', 'v2', '--json').output) == reg.card('v2')
+    assert 'aliases: champion' in inv('models', 'show', 'v2').output
+    r = inv('models', 'show', 'v5')
+    assert r.exit_code == 1 and 'known versions: v1, v2' in r.output
+    assert inv('models', 'rollback', '--to', 'v1').output == "Rolled back: v1 is champion again (was v2).\n"
+    lines = [json.loads(l) for l in inv('models', 'history', '--format', 'jsonl').output.splitlines()]
+    assert json.loads(inv('models', 'history', '--json').output) == lines        # --json: one array, as everywhere
+    assert [(e['to'], e['by']) for e in lines][0] == ('v2', 'carol') and lines[1]['action'] == 'rollback'
 
-def test_cli_add_shows_the_token_once(cli, tmp_path):
-    r = cli('devices', 'add', 'pump-0001', '--type', 'pump', '--site', 'plant-a', '--expires-in', '30d')
-    assert r.exit_code == 0, r.output
-    lines = r.output.splitlines()
-    tok = lines[-1]
-    assert lines[0] == 'Added device pump-0001.'
-    assert lines[1].startswith('Token for pump-0001 (it expires at ') and 'will not be shown again' in lines[1]
-    assert r.output.count(tok) == 1 and tok.startswith('i2m_')
-    assert (tmp_path/'state'/'registry.sqlite').exists()                      # <state_dir>/registry.sqlite
-    for cmd in (['devices', 'list'], ['devices', 'list', '--json'], ['devices', 'show', 'pump-0001'],
-                ['devices', 'show', 'pump-0001', '--json']):
-        out = cli(*cmd).output
-        assert tok not in out and hash_token(tok) not in out
-    assert authenticate(Registry(tmp_path/'state'/'registry.sqlite'), tok).subject == 'pump-0001'
+def test_psi_and_ks_flag_a_shifted_feature_only():
+    rng = np.random.default_rng(3)
+    train = pd.DataFrame({'same': rng.normal(size=4000), 'shifted': rng.gamma(2, size=4000), 'label': 0})
+    live = pd.DataFrame({'same': rng.normal(size=1500), 'shifted': rng.gamma(2, size=1500) + 1.0, 'label': 1})
+    rep = drift_report(train, live, SchedulerSettings(drift_share=0.5))
+    assert rep.table.loc['shifted', 'psi'] > 0.25 and rep.table.loc['shifted', 'p_value'] < 1e-6
+    assert rep.table.loc['same', 'psi'] < 0.05 and rep.table.loc['same', 'p_value'] > 0.001
+    assert list(rep.table.index) == ['same', 'shifted'] and list(rep.table['drifted']) == [False, True] and rep.drifted
+    assert not drift_report(train, live, SchedulerSettings(drift_share=0.6)).drifted
+    assert psi([1, 2, 3], []) != psi([1, 2, 3], []) and psi(np.ones(10), np.ones(10)) == 0   # NaN without data
 
-def test_cli_list_show_revoke_rotate(cli, tmp_path):
-    cli('devices', 'add', 'gw-01', '--kind', 'gateway', '--site', 'plant-a')
-    cli('devices', 'add', 'pump-0001', '--type', 'pump', '--gateway', 'gw-01')
-    admin = cli('devices', 'add-admin', 'alice').output.splitlines()[-1]
-    rows = json.loads(cli('devices', 'list', '--json').output)
-    assert [(d['device_id'], d['kind'], d['gateway_id'],
-             d['status']) for d in rows] == [('gw-01', 'gateway', None, 'active'),
-                                             ('pump-0001', 'device', 'gw-01', 'active')]
-    table = cli('devices', 'list').output.splitlines()
-    assert table[0].split() == ['device_id', 'kind', 'type', 'site', 'gateway_id', 'status', 'created']
-    assert table[2].split()[:6] == ['pump-0001', 'device', 'pump', '-', 'gw-01', 'active']
-    show = json.loads(cli('devices', 'show', 'gw-01', '--json').output)
-    assert show['behind'] == ['pump-0001'] and [t['status'] for t in show['tokens']] == ['active']
-    assert json.loads(cli('devices', 'show', 'alice', '--json').output)['admin'] == 'alice'
-    r = cli('devices', 'rotate-token', 'pump-0001', '--expires-in', '12h')
-    assert r.exit_code == 0 and r.output.startswith('Rotated the token of pump-0001: the old one no longer works.')
-    r = cli('devices', 'revoke', 'pump-0001')
-    assert r.output == ("Revoked pump-0001: 1 token stopped working. Run `iot2ml broker-config` and reload Mosquitto "
-                        "so MQTT refuses it too.\n")
-    assert [d['status'] for d in json.loads(cli('devices', 'list', '--json').output)] == ['active', 'revoked']
-    assert [d['device_id'] for d in json.loads(cli('devices', 'list', '--active', '--json').output)] == ['gw-01']
-    assert authenticate(Registry(tmp_path/'state'/'registry.sqlite'), admin).role == 'admin'
+def test_gate_criteria():
+    good = dict(pr_auc=0.8, failures=3, false_alarms_per_device_month=2.0)
+    g = gate(good | dict(false_alarms_per_device_month=9.0), dict(pr_auc=0.5))
+    assert not g.promote and 'false alarms per device-month is 9.0, needs <= 6' in g.reason
+    assert not gate(good | dict(pr_auc=float('nan')), dict(pr_auc=0.5)).promote
+    assert gate(good, dict(pr_auc=0.8)).promote and not gate(good, dict(pr_auc=0.81)).promote
 
-def test_cli_errors_are_one_line_that_says_what_to_do(cli, tmp_path):
-    reg = tmp_path/'state'/'registry.sqlite'
-    assert cli('devices', 'list').output == (f"Error: no device registry at {reg}; register a device first (iot2ml "
-                                             f"devices add ID) or pass --registry\n")
-    cli('devices', 'add', 'pump-0001')
-    cases = {('devices', 'add', 'pump-0001'): "device pump-0001 is already registered; for a new token run: iot2ml "
-                                              "devices rotate-token pump-0001",
-             ('devices', 'add', 'pump-0002', '--gateway',
-              'gw-1'): "gateway gw-1 is not registered; add it first: iot2ml devices add gw-1 --kind gateway",
-             ('devices', 'add', 'pump 2'): "device id 'pump 2' is not valid: use 1-128 letters, digits, '.', '_' or "
-                                           "'-', starting with a letter or digit",
-             ('devices', 'add', 'pump-0002', '--expires-in',
-              '10y'): "--expires-in '10y' is not a duration; write a number and a unit (s, m, h, d or w), e.g. 30d",
-             ('devices', 'show', 'pump-0010'): f"pump-0010 is not in the registry at {reg} (did you mean pump-0001?); "
-                                               f"see them all with: iot2ml devices list",
-             ('devices', 'rotate-token',
-              'bob'): f"bob is not in the registry at {reg}; see them all with: iot2ml devices list"}
-    for args, msg in cases.items():
-        r = cli(*args)
-        assert (r.exit_code, r.output) == (1, f"Error: {msg}\n"), args
-    (tmp_path/'iot2ml.toml').write_text('[simulate]\npumsp = 3\n')
-    r = cli('devices', 'list')
-    assert r.exit_code == 1
-    assert r.output.startswith("Error: unknown key 'simulate.pumsp'")
-    assert 'Traceback' not in r.output
+def test_scheduler_keeps_going_after_a_failing_job(tmp_path):
+    clock = [datetime(2026, 3, 1, 23, 58, tzinfo=timezone.utc)]
+    log = []
+    from threading import Event
+    stop = Event()
+    def rec(r):
+        log.append(r)
+        if sum(x['event'] == 'job_end' for x in log) == 3: stop.set()
+    jobs = [JobSettings(name='bad', cron='0 0 * * *', job='snapshot'),
+            JobSettings(name='proc', cron='1 0 * * *', job='process')]
+    (tmp_path/'data'/'lake').mkdir(parents=True)
+    s = Scheduler(Settings(root=tmp_path), jobs, log=rec, clock=lambda: clock[0])
+    n = s.run(stop, lambda sec: clock.__setitem__(0, clock[0] + timedelta(seconds=sec)))
+    ends = [(x['job'], x['status']) for x in log if x['event'] == 'job_end']
+    assert n == 3 and ends == [('bad', 'failed'), ('proc', 'ok'), ('bad', 'failed')]
+    assert log[0]['event'] == 'scheduler_start' and log[-1] == {'event': 'scheduler_stop', 'jobs_run': 3}
 
-def commands():
-    yield ('broker-config',), broker_config
-    yield ('devices',), devices
-    for name, c in devices.commands.items(): yield ('devices', name), c
+def test_scheduler_cli_list_and_once_with_configured_jobs(tmp_path):
+    (tmp_path/'iot2ml.toml').write_text('[[scheduler.jobs]]\nname = "nightly-process"\ncron = "5 0 * * *"\njob = '
+                                        '"process"\n'
+                                        '[[scheduler.jobs]]\nname = "weekly"\ncron = "0 3 * * 0"\njob = '
+                                        '"retrain"\nargs = {dry_run = true}\n')
+    (tmp_path/'data'/'lake').mkdir(parents=True)
+    iot2ml = str(Path(__import__('sys').executable).parent/'iot2ml')
+    r = subprocess.run([iot2ml, 'scheduler', '--list'], cwd=tmp_path, capture_output=True, text=True)
+    rows = [l.split()[:3] for l in r.stdout.splitlines()[1:]]
+    assert r.returncode == 0 and sorted(rows) == [['nightly-process', 'process', '5'], ['weekly', 'retrain', '0']]
+    r = subprocess.run([iot2ml, 'scheduler', '--once', 'nightly-process'], cwd=tmp_path, capture_output=True, text=True)
+    rec = json.loads(r.stdout.splitlines()[-1])
+    assert r.returncode == 0 and (rec['job'], rec['kind'], rec['status']) == ('nightly-process', 'process', 'ok')
+    # no params.yaml
+    r = subprocess.run([iot2ml, 'scheduler', '--once', 'weekly'], cwd=tmp_path, capture_output=True, text=True)
+    rec = json.loads(r.stdout.splitlines()[-1])
+    assert r.returncode == 1 and rec['status'] == 'failed' and 'params.yaml does not exist' in rec['detail']
 
-@pytest.mark.parametrize('path', [p for p, _ in commands()], ids=' '.join)
-def test_every_command_has_help_with_an_example(cli, path):
-    r = cli(*path, '--help')
-    assert r.exit_code == 0 and 'Example' in r.output and f'iot2ml {" ".join(path)}' in r.output, r.output
-    if path != ('devices',): assert '--registry' in r.output
-
-def test_cli_broker_config(cli, tmp_path):
-    cli('devices', 'add', 'pump-0001')
-    r = cli('broker-config')
-    d = tmp_path/'state'/'mosquitto'
-    assert r.output.splitlines() == [
-        f"Wrote {d/'passwd'} (1 devices and gateways, and {INGEST_USER}) and {d/'acl'}.",
-        "Add these lines to mosquitto.conf (with allow_anonymous false), then reload Mosquitto:",
-        f"password_file {d/'passwd'}", f"acl_file {d/'acl'}",
-        "max_queued_messages 0   # keep everything devices send while the ingester is down (the default, 1000, drops "
-        "the rest)",
-        f"The ingester connects as {INGEST_USER} with the password in {d/'ingest.secret'}."]
-    for f in ('passwd', 'acl', 'ingest.secret'): assert stat.S_IMODE((d/f).stat().st_mode) == 0o600
-    secret = (d/'ingest.secret').read_text()
-    cli('broker-config', '--out', tmp_path/'etc')
-    # the ingester's password is kept
-    assert (d/'ingest.secret').read_text() == secret and (tmp_path/'etc'/'acl').exists()
-
-# -- a real Mosquitto ------------------------------------------------------------------------------------------------
-
-# the `mosquitto` and `mqtt_broker` fixtures are in conftest.py (tests/test_mqtt.py uses them too)
-
-def connect(broker, user, password, timeout=5.0):
-    "A connected MQTT 5 client with its network loop running, or the reason code the broker refused it with."
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f'{user}-{uuid.uuid4().hex[:8]}', protocol=mqtt.MQTTv5)
-    c.username_pw_set(user, password)
-    got, done = {}, threading.Event()
-    c.on_connect = lambda client, userdata, flags, rc, props: (got.setdefault('rc', rc), done.set())
-    c.connect(broker.host, broker.port)
-    deadline = time.monotonic() + timeout
-    while not done.is_set() and time.monotonic() < deadline: c.loop(0.02)   # no network thread until accepted
-    assert done.is_set(), f"no CONNACK from the broker; its log:\n{broker.log_text()}"
-    if got['rc'].is_failure:
-        c.disconnect()
-        return got['rc']
-    c.loop_start()
-    return c
-
-def publish(c, topic, payload):
-    "Publish at QoS 1 and return the PUBACK's reason code."
-    got, done = {}, threading.Event()
-    c.on_publish = lambda client, userdata, mid, rc, props: (got.setdefault(mid, rc), done.set())
-    info = c.publish(topic, payload, qos=1)
-    assert done.wait(5)
-    return got[info.mid]
-
-def subscribe(c, topic) -> list:
-    "Subscribe at QoS 1; return the list that received (topic, payload) pairs are appended to."
-    got, done, subacks = [], threading.Event(), []
-    c.on_message = lambda client, userdata, m: got.append((m.topic, m.payload.decode()))
-    c.on_subscribe = lambda client, userdata, mid, rcs, props: (subacks.extend(rcs), done.set())
-    c.subscribe(topic, qos=1)
-    assert done.wait(5)
-    assert not subacks[0].is_failure, f"{topic}: {subacks[0]}"
-    return got
-
-def refused(broker, user, password) -> str|None:
-    "The reason the broker refuses `user` with `password`, or None if it accepts (the client is then closed)."
-    c = connect(broker, user, password)
-    if not isinstance(c, mqtt.Client): return c.getName()
-    c.disconnect()
-    c.loop_stop()
-
-REFUSED = 'Not authorized'   # Mosquitto 2's MQTT 5 CONNACK for a wrong user name or password
-
-def test_a_device_publishes_only_on_its_own_topic(tmp_path, mqtt_broker):
-    reg = Registry(tmp_path/'registry.sqlite')
-    a, b = reg.add('pump-a'), reg.add('pump-b')
-    gw, c = reg.add('gw-01', kind='gateway'), reg.add('pump-c', gateway_id='gw-01')
-    bc = write_broker_config(reg, tmp_path/'mq', tmp_path/'mq'/'ingest.secret')
-    broker = mqtt_broker(bc.passwd, bc.acl)
-    ingest = connect(broker, INGEST_USER, ingest_password(bc.ingest_secret))
-    received = subscribe(ingest, '$share/ingest/iot2ml/+/telemetry')      # as the ingesters will, N of them sharing
-    dev_a, gateway = connect(broker, 'pump-a', a.token), connect(broker, 'gw-01', gw.token)
-    assert publish(dev_a, 'iot2ml/pump-b/telemetry', 'a as b').getName() == 'Not authorized'
-    assert publish(dev_a, 'iot2ml/pump-a/telemetry', 'hello').getName() == 'Success'
-    assert publish(gateway, 'iot2ml/pump-a/telemetry', 'gw as a').getName() == 'Not authorized'
-    assert publish(gateway, 'iot2ml/pump-c/telemetry', 'via gateway').getName() == 'Success'
-    assert publish(dev_a, 'iot2ml/pump-a/telemetry', 'marker').getName() == 'Success'   # sent last: arrives last
-    assert wait_for(lambda: received and received[-1] == ('iot2ml/pump-a/telemetry', 'marker'))
-    assert received == [('iot2ml/pump-a/telemetry', 'hello'), ('iot2ml/pump-c/telemetry', 'via gateway'),
-                        ('iot2ml/pump-a/telemetry', 'marker')]
-    # a device reads nothing: Mosquitto may grant its subscription, but delivers no message it may not read
-    try: snooped = subscribe(dev_a, 'iot2ml/+/telemetry')
-    except AssertionError as e:
-        assert 'Not authorized' in str(e)
-        snooped = []
-    dev_b = connect(broker, 'pump-b', b.token)
-    assert publish(dev_b, 'iot2ml/pump-b/telemetry', 'from b').getName() == 'Success'
-    assert wait_for(lambda: len(received) == 4) and received[-1] == ('iot2ml/pump-b/telemetry', 'from b')
-    # a round trip on pump-a's own connection: its PUBACK comes after any message the broker had queued for it
-    assert publish(dev_a, 'iot2ml/pump-a/telemetry', 'after b').getName() == 'Success'
-    assert snooped == []
-    for c_ in (ingest, dev_a, dev_b, gateway):
-        c_.disconnect()
-        c_.loop_stop()
-    assert refused(broker, 'pump-a', b.token) == REFUSED and refused(broker, 'pump-a', a.token + 'x') == REFUSED
-    assert refused(broker, 'pump-a', None) == REFUSED
-    # revoke A and rotate C, re-run broker-config, reload: A is refused, C only with its new token
-    reg.revoke('pump-a')
-    c2 = reg.rotate('pump-c')
-    write_broker_config(reg, tmp_path/'mq', tmp_path/'mq'/'ingest.secret')
-    broker.reload()
-    wait_for(lambda: refused(broker, 'pump-a', a.token) == REFUSED, what=lambda: f"the refusal:\n{broker.log_text()}")
-    assert refused(broker, 'pump-c', c.token) == REFUSED
-    ingest = connect(broker, INGEST_USER, ingest_password(bc.ingest_secret))      # its password survives the rewrite
-    received = subscribe(ingest, 'iot2ml/+/telemetry')
-    dev_c = connect(broker, 'pump-c', c2.token)
-    assert publish(dev_c, 'iot2ml/pump-c/telemetry', 'rotated').getName() == 'Success'
-    assert wait_for(lambda: received == [('iot2ml/pump-c/telemetry', 'rotated')])
-    for c_ in (ingest, dev_c):
-        c_.disconnect()
-        c_.loop_stop()
+def test_drift_refuses_a_live_table_without_the_features():
+    ("A live table that lacks the model's columns is an error naming them, not '100% drifted' (which would trigger a "
+     "retrain).")
+    from iot2ml.ml.registry import RegistryError
+    rng = np.random.default_rng(1)
+    train = pd.DataFrame({'a': rng.normal(size=500), 'b': rng.normal(size=500)})
+    with pytest.raises(RegistryError, match='lacks 2 of the 2 feature columns'):
+        drift_report(train, pd.DataFrame({'foo': [1.0]}), SchedulerSettings(), features=['a', 'b'])
+    rep = drift_report(train, pd.DataFrame({'a': rng.normal(size=300)}), SchedulerSettings(drift_share=0.5),
+                       features=['a', 'b'])
+    # 'b' has no live values: left out, not counted as drift
+    assert list(rep.table.index) == ['a'] and not rep.drifted
