@@ -826,6 +826,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'iot2ml.schema._localize': ('core/schema.html#_localize', 'iot2ml/schema.py'),
                                'iot2ml.schema._odd': ('core/schema.html#_odd', 'iot2ml/schema.py'),
                                'iot2ml.schema._odd_message': ('core/schema.html#_odd_message', 'iot2ml/schema.py'),
+                               'iot2ml.schema._one_float': ('core/schema.html#_one_float', 'iot2ml/schema.py'),
                                'iot2ml.schema._parse_datetimes': ('core/schema.html#_parse_datetimes', 'iot2ml/schema.py'),
                                'iot2ml.schema._parse_distinct': ('core/schema.html#_parse_distinct', 'iot2ml/schema.py'),
                                'iot2ml.schema._parse_numbers': ('core/schema.html#_parse_numbers', 'iot2ml/schema.py'),

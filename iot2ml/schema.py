@@ -5,7 +5,7 @@ validation whose every error names the record, the field and the fix."""
 
 # %% ../nbs/core/02_schema.ipynb #971051b7
 from __future__ import annotations
-import re, reprlib
+import math, re, reprlib
 from dataclasses import dataclass, field
 from datetime import datetime
 import numpy as np, pandas as pd, pyarrow as pa, pyarrow.compute as pc
@@ -221,11 +221,20 @@ def _flagger(reason:np.ndarray, fld:np.ndarray):
         fld[m] = name
     return flag
 
+def _one_float(v) -> float:
+    "One value as a float: an integer too large for a float is +-inf; text read as a number, else NaN."
+    if isinstance(v, int) and not isinstance(v, (bool, np.bool_)):
+        try: return float(v)
+        except OverflowError: return math.inf if v > 0 else -math.inf
+    return float(pd.to_numeric(pd.Series([v], dtype=object), errors='coerce').astype('float64').iloc[0])
+
 def _as_float(raw:pd.Series) -> pd.Series:
     "`raw` as float64: numbers as they are, text read as numbers (NaN if not one), true/false as NaN."
     if pd.api.types.is_bool_dtype(raw): return pd.Series(np.nan, index=raw.index)
     if pd.api.types.is_numeric_dtype(raw): return raw.astype('float64')
-    return pd.to_numeric(raw, errors='coerce').astype('float64')
+    try: return pd.to_numeric(raw, errors='coerce').astype('float64')
+    except OverflowError:   # an integer beyond a float (JSON allows 10**400): infinite, so flagged as not finite
+        return raw.map(_one_float).astype('float64')
 
 _NAN_TEXT = ['nan', '-nan', 'inf', '+inf', '-inf', 'infinity', '-infinity']
 

@@ -169,6 +169,7 @@ _NASTY = [*[(b'[' + _OK + b',' + _OK.replace(b'"' + k + b'"', _SUR, 1) + b']', '
           (b'device_id,ts,flow,flow\npump-0001,2026-01-01T00:00:00Z,1,2\n', 'text/csv'),
           # a wide CSV whose only column is 'value'
           (b'device_id,ts,value\npump-0001,yesterday,1\n', 'text/csv'),
+          (_OK.replace(b':1}', b':' + b'9' * 400 + b'}'), 'application/json'),        # an integer beyond a float
           (b'device_id,ts,sensor,value\npump-0001,2026-01-01T00:00:00Z,fl\xed\xa0\x80ow,1\n', 'text/csv')]
 
 def test_api_fuzzed_from_its_openapi_schema(tmp_path, small_champion):

@@ -246,3 +246,22 @@ def test_repeated_time_strings_parse_the_same_in_every_batch_and_zone():
         assert (ts == pd.Timestamp('2026-01-01 11:00:00', tz='UTC')).all() and prob.isna().all()
         ts, prob = parse_ts(pd.Series(bad + [None], dtype=object))
         assert ts.isna().all() and prob[:100].str.contains('ISO 8601').all() and prob[100] is None
+
+def test_an_integer_too_large_for_a_float_is_rejected_as_not_finite():
+    "JSON allows 10**400; it was an OverflowError (a 500 over HTTP, 'a bug in iot2ml' over MQTT). Now: not finite."
+    big = 10**400
+    ts = ['2026-01-01T00:00:00Z', '2026-01-01T00:01:00Z', '2026-01-01T00:02:00Z']
+    df = pd.DataFrame({'device_id': ['p1'] * 3, 'ts': ts, 'sensor': ['flow'] * 3,
+                       'value': pd.Series([big, -big, 1], dtype=object)})
+    res = validate(df, now=pd.Timestamp('2026-01-02', tz='UTC'))
+    assert [(e.index, e.field) for e in res.errors] == [(0, 'value'), (1, 'value')]
+    assert 'not a finite number' in res.errors[0].message and res.table.num_rows == 1
+
+def test_a_duplicate_in_wide_records_names_the_record_it_repeats():
+    "The record numbers of a wide body, not its readings' (it named reading 2 as 'record 2'; over MQTT an IndexError)."
+    t1, t2 = '2026-01-01T00:00:00Z', '2026-01-01T00:01:00Z'
+    body = json.dumps([{'device_id': 'p1', 'ts': t1, 'flow': 1, 'temp': 2}, {'device_id': 'p1', 'ts': t2, 'flow': 1},
+                       {'device_id': 'p1', 'ts': t2, 'flow': 3}]).encode()
+    table, rec, errors = check_parsed(parse_body(body, 'application/json'), now=pd.Timestamp('2026-01-02', tz='UTC'))
+    assert [(e.index, e.field) for e in errors] == [(2, 'ts')] and 'duplicates record 1 ' in errors[0].message, errors
+    assert table.num_rows == 3

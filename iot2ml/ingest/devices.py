@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from ..config import Settings, load_settings, private
 from ..schema import ID_RE
 from ..errors import InputError, Iot2mlError
-from .._io import atomic_path, utcnow
+from .._io import utcnow, write_atomic
 
 # %% auto #0
 __all__ = ['TOKEN_PREFIX', 'MOSQ_ITERATIONS', 'INGEST_USER', 'TELEMETRY_TOPIC', 'INGEST_TOPICS', 'new_token', 'hash_token',
@@ -428,10 +428,8 @@ def mqtt_users(self:Registry) -> list[MqttUser]:
 
 # %% ../../nbs/ingest/01_devices.ipynb #81474e37
 def write_private(path:Path|str, text:str) -> Path:
-    "Write `text` to `path` atomically (`atomic_path`), readable and writable by the owner only, from its first byte."
-    with atomic_path(path, mode=0o600) as tmp:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 'w') as f: f.write(text)
-    return Path(path)
+    "Write `text` to `path` atomically, readable and writable by the owner only, from its first byte."
+    return write_atomic(path, text, mode=0o600)
 
 def ingest_password(path:Path|str) -> str:
     "The MQTT ingester's password from the 0600 file `path`, made (random, 256 bits) on first use."

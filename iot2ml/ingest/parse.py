@@ -344,10 +344,13 @@ def _by_record(errors:list[RecordError], rec:np.ndarray, frame:pd.DataFrame) -> 
     out = []
     for e in errors:
         r = int(rec[e.index])
+        msg = _DUP.sub(lambda m: f"duplicates record {int(rec[int(m[1])])}", e.message)
         if per_record[r] == 1 or e.field == 'sensor':
-            out.append(RecordError(r, e.field, e.message))
+            out.append(RecordError(r, e.field, msg))
             continue
         s = sensors[e.index]
         name = s if isinstance(s, str) and len(s) <= 40 and _ID.fullmatch(s) else show_value(s)
-        out.append(RecordError(r, e.field, f"(sensor {name}) {e.message}"))
+        out.append(RecordError(r, e.field, f"(sensor {name}) {msg}"))
     return out
+
+_DUP = re.compile(r'^duplicates record (\d+)')   # validate numbers readings; the sender numbers records
