@@ -288,3 +288,21 @@ def test_payloads_that_once_looked_like_bugs_get_a_plain_reason(proj):
     rec = dl.read().iloc[3]
     assert rec['index'] == 1 and rec['field'] == 'value' and 'nested deeper than 32 levels: not kept' in rec['record']
     assert proj.stop(ing) == 0
+
+
+def test_a_quality_beyond_255_is_rejected_as_over_http_not_clipped(tmp_path):
+    "The fast path took every-integer qualities and clipped 300 to 255; HTTP rejects it. Same rule, same message."
+    svc = Service(Settings(root=tmp_path))
+    letters = []
+    svc.deadletters.add_many = letters.extend
+    try:
+        ing = MqttIngester(svc)
+        one = '{"ts":"2026-12-01T10:00:0%d","sensor":"flow","value":1,"quality":%d}'
+        msgs = [(0, b'iot2ml/pump-b/telemetry', (one % (0, 300)).encode()),
+                (1, b'iot2ml/pump-b/telemetry', (one % (1, 2)).encode())]
+        batch = ing._prepare(msgs, 0)
+        assert batch.tables['lake'].column('quality').to_pylist() == [2]
+        (errors, _, source), = letters
+        assert source == 'mqtt:iot2ml/pump-b/telemetry' and errors[0].field == 'quality'
+        assert 'not a quality flag' in errors[0].message
+    finally: svc.close()

@@ -280,7 +280,7 @@ def _qualities(quality:list) -> tuple[np.ndarray, np.ndarray]:
     except OverflowError: qa = None
     if qa is None:
         qa = np.array([v if type(v) is int and -1 < v < 256 else (0 if v is None else -1) for v in quality], 'int64')
-    bad |= qa < 0
+    bad |= (qa < 0) | (qa > 255)   # the exact path says why
     return qa.clip(0, 255).astype('uint8'), bad
 
 def _duplicated(ow:np.ndarray, sens:pa.Array, us:np.ndarray, messages:int) -> list:
