@@ -297,7 +297,7 @@ def test_a_quality_beyond_255_is_rejected_as_over_http_not_clipped(tmp_path):
     svc.deadletters.add_many = letters.extend
     try:
         ing = MqttIngester(svc)
-        one = '{"ts":"2026-12-01T10:00:0%d","sensor":"flow","value":1,"quality":%d}'
+        one = '{"ts":"2026-12-01T10:00:0%dZ","sensor":"flow","value":1,"quality":%d}'
         msgs = [(0, b'iot2ml/pump-b/telemetry', (one % (0, 300)).encode()),
                 (1, b'iot2ml/pump-b/telemetry', (one % (1, 2)).encode())]
         batch = ing._prepare(msgs, 0)
