@@ -32,7 +32,8 @@ demo: install  ## simulate a fleet, land it in the lake, dvc repro, print metric
 # Two tiers. Each step says how long it took (bash's `time`); pytest lists its 15 slowest tests.
 test: install lint nbs-check nbdev-test pytest  ## every test: lint, notebooks in sync, nbdev-test, all of pytest (~20 min)
 
-test-fast: install lint nbs-check nbdev-test pytest-fast  ## the edit loop (under 5 min on 2 cores): as `test`, without pytest's slow tests
+test-fast: install lint nbs-check  ## the edit loop (under 5 min on 2 cores): as `test`, without pytest's slow tests
+	$(MAKE) -j2 --output-sync=target nbdev-test pytest-fast   # side by side: each waits on its kernels/workers part of the time
 
 # The exported modules are not linted: their source, the notebooks, is; nbdev writes their `__all__` and docstring
 # lines itself (and the module list in iot2ml/__init__.py). Hand-written modules are linted as files.
