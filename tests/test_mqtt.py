@@ -306,3 +306,29 @@ def test_a_quality_beyond_255_is_rejected_as_over_http_not_clipped(tmp_path):
         assert source == 'mqtt:iot2ml/pump-b/telemetry' and errors[0].field == 'quality'
         assert 'not a quality flag' in errors[0].message
     finally: svc.close()
+
+
+def test_routes_and_transforms_apply_to_mqtt_as_to_http(tmp_path, monkeypatch):
+    "[[ingest.routes]]: a transform converts units; a failing transform dead-letters only its readings, per device."
+    (tmp_path/'mqtt_transforms.py').write_text("def no_negatives(df):\n    if (df['value'] < 0).any(): raise "
+                                               "ValueError('negative flow')\n    return df\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    routes = [dict(name='temperatures', when="sensor == 'bearing_temp'",
+                   transforms=['iot2ml.ingest.routing.fahrenheit_to_celsius']),
+              dict(name='flows', device='pump-*', transforms=['mqtt_transforms.no_negatives'])]
+    svc = Service(Settings(root=tmp_path/'p', ingest=dict(routes=routes)))
+    letters = []
+    svc.deadletters.add_many = letters.extend
+    try:
+        one = '{"ts":"2026-12-01T10:00:0%dZ","sensor":"%s","value":%s%s}'
+        payloads = [one % (0, 'bearing_temp', 212, ',"unit":"degF"'), one % (1, 'flow', -5, ''),
+                    one % (2, 'flow', 7, '')]
+        batch = MqttIngester(svc)._prepare([(k, b'iot2ml/pump-0001/telemetry', p.encode())
+                                            for k, p in enumerate(payloads)], 0)
+        lake = batch.tables['lake'].to_pandas()
+        got = sorted(zip(lake['sensor'], lake['value'], lake['unit'].fillna('')))
+        assert got == [('bearing_temp', 100.0, 'degC'), ('flow', 7.0, '')]
+        (errors, _, source), = letters
+        assert source == 'mqtt:iot2ml/pump-0001/telemetry' and len(errors) == 1
+        assert 'transform mqtt_transforms.no_negatives failed: ValueError: negative flow' in errors[0].message
+    finally: svc.close()

@@ -124,7 +124,7 @@ class Ingestor:
         if forbidden is not None and len(df):
             df, refused = _refuse(df, forbidden)
             errors += refused
-        out, route_errors = self._route(df, topic)
+        out, route_errors = self.route(df, topic)
         bad_records = {e.index for e in errors + route_errors}
         arrival = pd.Timestamp.now(tz='UTC') if arrival is None else pd.Timestamp(arrival)
         tables = {dest: _to_raw(pd.concat(parts, ignore_index=True), bad_records, arrival)
@@ -139,7 +139,7 @@ def _refuse(df:pd.DataFrame, forbidden:Callable[[str], str|None]) -> tuple[pd.Da
     return df[~bad], [RecordError(int(r), 'device_id', why[d]) for r, d in firsts.itertuples(index=False)]
 
 @patch
-def _route(self:Ingestor, df:pd.DataFrame, topic) -> tuple[dict[str, list[pd.DataFrame]], list[RecordError]]:
+def route(self:Ingestor, df:pd.DataFrame, topic) -> tuple[dict[str, list[pd.DataFrame]], list[RecordError]]:
     "Per destination, the parts of `df` the routes (then the defaults) send there, transformed; and transform errors."
     out, errors, taken = {}, [], np.zeros(len(df), bool)
     types = self._types() if callable(self._types) else self._types

@@ -421,24 +421,6 @@ def _per_message(errs:list, rown:list, rloc:list, again:set) -> tuple[dict, set]
     for es in errors.values(): es.sort(key=lambda e: e.index)
     return errors, bad
 
-def _routed_parts(ing, df:pd.DataFrame) -> tuple[dict, list]:
-    "The rows of `df` per destination of the ingestor `ing`'s routes (transformed), and the transforms' errors."
-    topic = df['device_id'].map(lambda d: f"iot2ml/{d}/telemetry")
-    types = ing._types() if callable(ing._types) else ing._types
-    out, taken, terrs = {}, np.zeros(len(df), bool), []
-    for r in ing.routes:
-        msk = r.mask(df, topic[df.index], types) & ~taken
-        if not msk.any(): continue
-        part = df[msk]
-        for t in r.transforms:
-            part, errs = apply_transform(ing._fns[t], t, part)
-            terrs += errs
-        for dest in r.to: out.setdefault(dest, []).append(part)
-        if r.stop: taken |= msk
-    if (~taken).any():
-        for dest in ing.default_to: out.setdefault(dest, []).append(df[~taken])
-    return out, terrs
-
 def _transform_errors(df:pd.DataFrame, terrs:list, errors:dict) -> set:
     """The readings a transform failed for: they go nowhere and are dead-lettered per device with their values (added
     to `errors`)."""
@@ -1043,7 +1025,7 @@ class MqttIngester:
         "Apply the configured routes and transforms (as `Ingestor.process`); a reading's topic is its device's."
         df = raw.to_pandas()
         df['record'] = np.arange(len(df))
-        out, terrs = _routed_parts(self.svc.ingestor, df)
+        out, terrs = self.svc.ingestor.route(df, df['device_id'].map(lambda d: f"iot2ml/{d}/telemetry"))
         badr = _transform_errors(df, terrs, errors)
         arrival = raw['arrival_ts'][0].as_py() if raw.num_rows else None
         res = {}
