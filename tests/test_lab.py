@@ -149,7 +149,7 @@ def test_explore_runs_in_jupyterlab_with_image_figures_and_a_live_picker(lab, sm
 
 
 def test_walkthrough_lake_prefers_the_project_lake_and_says_when_it_falls_back(small_lake, tmp_path, monkeypatch):
-    from iot2ml.lake.explore import walkthrough_lake
+    from iot2ml.ml.pipeline import walkthrough_lake
     from iot2ml.lake.store import LakeError
     monkeypatch.chdir(ROOT/'nbs')                                   # where the notebooks run
     monkeypatch.setenv('IOT2ML_DATA_DIR', str(small_lake))

@@ -12,28 +12,7 @@ from ..errors import Iot2mlError, NotFound
 from .store import Lake, LakeError
 
 # %% auto #0
-__all__ = ['walkthrough_lake', 'data_quality', 'plot_coverage', 'plot_device', 'device_picker']
-
-# %% ../../nbs/lake/01_explore.ipynb #ac318c90
-def walkthrough_lake(
-    lake_dir: Path
-    | str
-    | None = None,  # a lake folder; None: the project's lake, or the example fleet when it is empty
-    dataset: str = 'telemetry',  # the dataset the walkthrough reads
-) -> tuple[Lake, str]:
-    "The lake at `lake_dir` (default: the project's) if it holds processed `dataset`, else the example; and a note."
-    lake = Lake(lake_dir) if lake_dir else Lake.from_settings()
-    if lake.files('processed', dataset): return lake, f"data: the lake at {lake.root} (processed {dataset})"
-    if lake_dir: raise LakeError(f"the lake at {lake.root} holds no processed {dataset!r}; point lake_dir at a lake "
-                                 f"with data, or run 'iot2ml lake process' there first")
-    from iot2ml.ml.pipeline import example_workspace, EXAMPLE_SPEC as s
-    ws = example_workspace('prepare')
-    return (
-        Lake(ws['lake_dir'], ws['reference_dir'], fsync=False),
-        f"data: the built-in EXAMPLE fleet ({s.pumps} pumps, {s.days} days, every {s.freq}), not your data: "
-        f"the project's lake {lake.root} holds no processed {dataset!r} "
-        "(run 'make demo', or ingest and 'iot2ml lake process')",
-    )
+__all__ = ['data_quality', 'plot_coverage', 'plot_device', 'device_picker']
 
 # %% ../../nbs/lake/01_explore.ipynb #68ae5c99
 def data_quality(lake:Lake, dataset:str='telemetry') -> pd.DataFrame:

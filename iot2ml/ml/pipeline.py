@@ -13,7 +13,7 @@ from .. import __version__
 from ..errors import ConfigError, InputError
 from ..config import Params, PrepareParams, FeaturesParams, TrainParams, EvaluateParams, ReportParams
 from .._io import write_json
-from ..lake.store import Lake
+from ..lake.store import Lake, LakeError
 from ..sim.fleet import FleetSpec, iter_batches, asset_registry, maintenance_log, fault_schedule
 from .features import interval_table, build_features, FeatureSpec
 from .models import (
@@ -24,8 +24,8 @@ from .evaluate import (
 from .report import Section, write_report
 
 # %% auto #0
-__all__ = ['STAGES', 'EXAMPLE_SPEC', 'Landing', 'simulate_to_lake', 'example_workspace', 'prepare', 'features', 'train',
-           'evaluate', 'report', 'stage_paths', 'stage_params']
+__all__ = ['STAGES', 'EXAMPLE_SPEC', 'Landing', 'simulate_to_lake', 'example_workspace', 'walkthrough_lake', 'prepare',
+           'features', 'train', 'evaluate', 'report', 'stage_paths', 'stage_params']
 
 # %% ../../nbs/ml/05_pipeline.ipynb #49058ddc
 @dataclass
@@ -99,6 +99,24 @@ def example_workspace(upto:str='prepare',      # stages before this one are run
             _run_stage(s, lake, p, prm)
             (root/f'.{s}').touch()
     return p
+
+# %% ../../nbs/ml/05_pipeline.ipynb #c4de52fc
+def walkthrough_lake(lake_dir:Path|str|None=None,   # a lake folder; None: the project's lake, or the example fleet
+                     dataset:str='telemetry',        # the dataset the walkthrough reads
+                     ) -> tuple[Lake, str]:
+    "The lake at `lake_dir` (default: the project's) if it holds processed `dataset`, else the example; and a note."
+    lake = Lake(lake_dir) if lake_dir else Lake.from_settings()
+    if lake.files('processed', dataset): return lake, f"data: the lake at {lake.root} (processed {dataset})"
+    if lake_dir: raise LakeError(f"the lake at {lake.root} holds no processed {dataset!r}; point lake_dir at a lake "
+                                 f"with data, or run 'iot2ml lake process' there first")
+    s = EXAMPLE_SPEC
+    ws = example_workspace('prepare')
+    return (
+        Lake(ws['lake_dir'], ws['reference_dir'], fsync=False),
+        f"data: the built-in EXAMPLE fleet ({s.pumps} pumps, {s.days} days, every {s.freq}), not your data: "
+        f"the project's lake {lake.root} holds no processed {dataset!r} "
+        "(run 'make demo', or ingest and 'iot2ml lake process')",
+    )
 
 # %% ../../nbs/ml/05_pipeline.ipynb #90d7ec04
 def _interval_sql(every:str) -> str:
