@@ -143,14 +143,19 @@ def test_predict_by_rows_and_by_devices_agrees_with_batch(ws, bundles, make_serv
     assert {'risk', 'alert', 'rul_hours', 'anomaly', 'model_version',
             'ts'} <= set(api['components']['schemas']['Prediction']['properties'])
 
-def test_errors(bundles, make_server):
+def test_no_champion_is_503_until_one_is_promoted(bundles, make_server):
     s = make_server(bundles)                    # versions registered, no champion yet
     r = s.predict({'devices': ['pump-0001']})
     assert r.status_code == 503 and 'promote one: iot2ml models promote V or iot2ml retrain' in r.json()['error']
     assert 'iot2ml_model_info{version="none"} 0' in s.http.get('/metrics').text
     s.models.promote('v1', reason='test')       # picked up without a restart
     wait_for(lambda: s.predict({'devices': ['pump-0001']}).status_code == 200, 30, 'the first champion')
-    # an unknown device and one with too little history are per-device errors; the others are answered
+    assert 'iot2ml_model_info{version="v1"} 1' in s.http.get('/metrics').text
+
+def test_devices_it_cannot_score_are_per_device_errors(bundles, make_server):
+    "An unknown device and one with too little history are per-device errors; the others are answered."
+    s = make_server(bundles, champion='v1')
+    wait_for(lambda: s.predict({'devices': ['pump-0001']}).status_code == 200, 30, 'the champion')
     s.svc.state.update(pa.table({'device_id': ['pump-0099'] * 2, 'sensor': ['flow'] * 2, 'value': [1.0, 2.0],
                                  'ts': pd.to_datetime(['2026-01-14T22:10Z', '2026-01-14T23:10Z'])}))
     out = s.predict({'devices': ['pump-0001', 'nope-1', 'pump-0099']}).json()
@@ -160,6 +165,10 @@ def test_errors(bundles, make_server):
     assert errs['pump-0099']['status'] == 404
     assert 'has 1 h of history' in errs['pump-0099']['error']
     assert 'need 241 h' in errs['pump-0099']['error']
+
+def test_bad_predict_requests_are_4xx_naming_the_problem(bundles, make_server):
+    s = make_server(bundles, champion='v1')
+    wait_for(lambda: s.predict({'devices': ['pump-0001']}).status_code == 200, 30, 'the champion')
     # rows without the model's columns: 422 naming them
     r = s.predict({'rows': [{'device_id': 'pump-0001', 'flow_mean': 3.0}]})
     assert r.status_code == 422
